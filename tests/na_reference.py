@@ -1,0 +1,55 @@
+"""Float64 neighborhood-attention oracle, written literally from DESIGN.md section 3.
+
+Independent of nat_mm.ops (its window maths is plain Python per position), so testing any backend,
+the pure-PyTorch fallback included, against it is not circular.
+"""
+import math
+
+import torch
+
+
+def axis_windows(length, kernel, dilation):
+    """For each query position on one axis: its k key positions and their rpb indices."""
+    r = kernel // 2
+    keys, rpb = [], []
+    for i in range(length):
+        c = i % dilation
+        n_c = math.ceil((length - c) / dilation)
+        p = i // dilation
+        s = min(max(p - r, 0), n_c - kernel)
+        row = [(s + t) * dilation + c for t in range(kernel)]
+        keys.append(row)
+        rpb.append([(j - i) // dilation + (kernel - 1) for j in row])
+    return torch.tensor(keys), torch.tensor(rpb)
+
+
+def reference_logits(q, k, kernel_size, dilation, rpb=None):
+    """``[B, H, W, heads, kh*kw]`` float64 logits q.k + rpb."""
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    B, H, W, heads, D = q.shape
+    rows, rpb_rows = axis_windows(H, kh, dh)
+    cols, rpb_cols = axis_windows(W, kw, dw)
+    q, k = q.double(), k.double()
+    # k_win[b, y, x, ki, kj, n, :] = k[b, rows[y, ki], cols[x, kj], n, :]
+    k_win = k[:, rows[:, None, :, None], cols[None, :, None, :]]
+    logits = torch.einsum('byxnd,byxijnd->byxnij', q, k_win)
+    if rpb is not None:
+        bias = rpb.double()[:, rpb_rows[:, None, :, None], rpb_cols[None, :, None, :]]
+        logits = logits + bias.permute(1, 2, 0, 3, 4)
+    return logits.reshape(B, H, W, heads, kh * kw)
+
+
+def reference_av(attn, v, kernel_size, dilation):
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    B, H, W, heads, D = v.shape
+    rows, _ = axis_windows(H, kh, dh)
+    cols, _ = axis_windows(W, kw, dw)
+    v_win = v.double()[:, rows[:, None, :, None], cols[None, :, None, :]]
+    attn = attn.double().reshape(B, H, W, heads, kh, kw)
+    return torch.einsum('byxnij,byxijnd->byxnd', attn, v_win)
+
+
+def reference_na2d(q, k, v, kernel_size, dilation, rpb=None, scale=None):
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = reference_logits(q.double() * scale, k, kernel_size, dilation, rpb)
+    return reference_av(logits.softmax(-1), v, kernel_size, dilation)

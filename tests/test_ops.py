@@ -1,0 +1,279 @@
+"""nat_mm.ops against the float64 oracle in na_reference.py: every backend on this machine."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from na_reference import reference_av, reference_logits, reference_na2d
+from nat_mm.ops import _torch_impl, extension_has_cuda, na2d, na2d_av, na2d_qk
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=2e-5, rtol=2e-5),
+       torch.bfloat16: dict(atol=3e-2, rtol=3e-2), torch.float16: dict(atol=5e-3, rtol=5e-3)}
+
+
+def torch_backend(q, k, v, kernel_size, dilation, rpb, scale=None):
+    """The pure-PyTorch fallback, called directly (the public API uses the compiled ops)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _torch_impl.na2d(q, k, v, kernel_size, dilation, rpb, scale)
+
+
+BACKENDS = {'compiled': na2d, 'torch': torch_backend}
+
+
+def make_inputs(shape, kernel_size, dtype=torch.float64, device='cpu', with_rpb=True):
+    q, k, v = (torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
+               for _ in range(3))
+    rpb = None
+    if with_rpb:
+        rpb = torch.randn(shape[3], 2 * kernel_size[0] - 1, 2 * kernel_size[1] - 1, dtype=dtype,
+                          device=device, requires_grad=True)
+    return q, k, v, rpb
+
+
+def assert_matches_reference(fn, shape, kernel_size, dilation, with_rpb, dtype=torch.float64,
+                             device='cpu'):
+    inputs = make_inputs(shape, kernel_size, dtype, device, with_rpb)
+    ref_inputs = [None if t is None else t.detach().cpu().double().requires_grad_()
+                  for t in inputs]
+    out = fn(*inputs[:3], kernel_size, dilation, inputs[3])
+    ref = reference_na2d(*ref_inputs[:3], kernel_size, dilation, ref_inputs[3])
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.double().cpu(), ref, **tol)
+    grad_out = torch.randn_like(out)
+    names = [n for n, t in zip(('q', 'k', 'v', 'rpb'), inputs) if t is not None]
+    got = torch.autograd.grad(out, [t for t in inputs if t is not None], grad_out)
+    want = torch.autograd.grad(ref, [t for t in ref_inputs if t is not None],
+                               grad_out.double().cpu())
+    for name, g, w in zip(names, got, want):
+        # rpb sums over every query: its error grows with the map, so compare relative to scale
+        scale = 1.0 if name != 'rpb' else max(1.0, w.abs().max().item())
+        torch.testing.assert_close(g.double().cpu() / scale, w / scale, **tol,
+                                   msg=lambda m, n=name: f'grad {n}: {m}')
+
+
+@st.composite
+def na_cases(draw):
+    kh = draw(st.sampled_from([3, 5, 7, 9, 11, 13]))
+    kw = draw(st.sampled_from([3, 5, 7, 9, 11, 13]))
+    dh, dw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    # extra length beyond k*d, so every drawn case is valid (0 gives L == k*d)
+    H = kh * dh + draw(st.integers(0, 9))
+    W = kw * dw + draw(st.integers(0, 9))
+    B, heads, D = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.sampled_from([1, 4, 8]))
+    return (B, H, W, heads, D), (kh, kw), (dh, dw), draw(st.booleans())
+
+
+@pytest.mark.parametrize('backend', list(BACKENDS))
+@settings(deadline=None, max_examples=30)
+@given(case=na_cases())
+@example(case=((1, 7, 7, 1, 4), (7, 7), (1, 1), True))  # L == k
+@example(case=((2, 13, 12, 2, 8), (3, 5), (4, 2), True))  # L not divisible by d
+@example(case=((1, 26, 13, 1, 4), (13, 13), (2, 1), False))  # the largest kernel, L == k*d
+def test_na2d_matches_reference(backend, case):
+    shape, kernel_size, dilation, with_rpb = case
+    assert_matches_reference(BACKENDS[backend], shape, kernel_size, dilation, with_rpb)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16],
+                         ids=['fp32', 'bf16', 'fp16'])
+@pytest.mark.parametrize('kernel_size,dilation', [((7, 7), (1, 1)), ((5, 3), (2, 3))])
+def test_na2d_dtypes(device, dtype, kernel_size, dilation):
+    if device == 'cuda' and not extension_has_cuda():
+        pytest.fail('CUDA is available but the extension has no CUDA kernels')
+    assert_matches_reference(na2d, (2, 19, 23, 2, 32), kernel_size, dilation, True, dtype,
+                             device)
+
+
+@settings(deadline=None, max_examples=20)
+@given(case=na_cases())
+def test_qk_av_match_reference(case):
+    shape, kernel_size, dilation, with_rpb = case
+    q, k, v, rpb = make_inputs(shape, kernel_size, with_rpb=with_rpb)
+    attn = na2d_qk(q, k, kernel_size, dilation, rpb)
+    torch.testing.assert_close(attn, reference_logits(q, k, kernel_size, dilation, rpb))
+    weights = torch.randn_like(attn, requires_grad=True)
+    out = na2d_av(weights, v, kernel_size, dilation)
+    torch.testing.assert_close(out, reference_av(weights, v, kernel_size, dilation))
+    g_attn, g_out = torch.randn_like(attn), torch.randn_like(out)
+    inputs = [t for t in (q, k, rpb) if t is not None]
+    torch.testing.assert_close(
+        torch.autograd.grad(attn, inputs, g_attn),
+        torch.autograd.grad(reference_logits(q, k, kernel_size, dilation, rpb), inputs, g_attn))
+    torch.testing.assert_close(
+        torch.autograd.grad(out, (weights, v), g_out),
+        torch.autograd.grad(reference_av(weights, v, kernel_size, dilation), (weights, v), g_out))
+
+
+@pytest.mark.parametrize('with_rpb', [True, False], ids=['rpb', 'no_rpb'])
+@pytest.mark.parametrize('kernel_size,dilation', [((3, 3), (1, 1)), ((3, 5), (2, 1))])
+def test_gradcheck_compiled(kernel_size, dilation, with_rpb):
+    q, k, v, rpb = make_inputs((1, 7, 11, 2, 3), kernel_size, with_rpb=with_rpb)
+    inputs = [q, k, v] + ([rpb] if with_rpb else [])
+
+    def fused(q, k, v, *rpb):
+        return na2d(q, k, v, kernel_size, dilation, rpb[0] if rpb else None, scale=0.7)
+
+    def unfused(q, k, v, *rpb):
+        attn = na2d_qk(q, k, kernel_size, dilation, rpb[0] if rpb else None)
+        return na2d_av(attn.softmax(-1), v, kernel_size, dilation)
+
+    assert torch.autograd.gradcheck(fused, inputs)
+    assert torch.autograd.gradcheck(unfused, inputs)
+
+
+def test_opcheck():
+    from torch.library import opcheck
+
+    shape, ks, dil = (1, 8, 9, 2, 4), [3, 3], [2, 1]
+    for requires_grad in (False, True):
+        q, k, v, rpb = make_inputs(shape, ks, dtype=torch.float32)
+        for t in (q, k, v, rpb):
+            t.requires_grad_(requires_grad)
+        attn = torch.randn(*shape[:4], 9, requires_grad=requires_grad)
+        opcheck(torch.ops.nat_mm.na2d_forward, (q, k, v, rpb, ks, dil, 0.5))
+        opcheck(torch.ops.nat_mm.na2d_forward, (q, k, v, None, ks, dil, 0.5))
+        opcheck(torch.ops.nat_mm.na2d_qk_forward, (q, k, rpb, ks, dil))
+        opcheck(torch.ops.nat_mm.na2d_av_forward, (attn, v, ks, dil))
+
+
+def test_strided_qkv_views():
+    """q, k, v sliced from one qkv projection work without the caller copying."""
+    B, H, W, heads, D = 2, 10, 12, 2, 8
+    qkv = torch.randn(B, H, W, 3 * heads * D, dtype=torch.float64)
+    q, k, v = qkv.view(B, H, W, 3, heads, D).unbind(3)
+    assert not q.is_contiguous()
+    rpb = torch.randn(heads, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(na2d(q, k, v, 3, 2, rpb),
+                               reference_na2d(q, k, v, (3, 3), (2, 2), rpb))
+    # a non-unit stride on D too (the op copies internally)
+    qt = torch.randn(B, H, W, D, heads, dtype=torch.float64).transpose(3, 4)
+    torch.testing.assert_close(na2d(qt, k, v, 3), reference_na2d(qt, k, v, (3, 3), (1, 1)))
+
+
+def test_rpb_grad_deterministic():
+    q, k, v, rpb = make_inputs((2, 20, 21, 2, 8), (5, 5), dtype=torch.float32)
+    first = torch.autograd.grad(na2d(q, k, v, 5, 2, rpb).sum(), rpb)[0]
+    for _ in range(3):
+        again = torch.autograd.grad(na2d(q, k, v, 5, 2, rpb).sum(), rpb)[0]
+        assert torch.equal(first, again)
+
+
+class Attend(torch.nn.Module):
+
+    def __init__(self, heads=2, dim=16, kernel_size=3, dilation=2):
+        super().__init__()
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.rpb = torch.nn.Parameter(torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+        self.heads, self.kernel_size, self.dilation = heads, kernel_size, dilation
+
+    def forward(self, x):
+        B, H, W, C = x.shape
+        q, k, v = self.qkv(x).view(B, H, W, 3, self.heads, C // self.heads).unbind(3)
+        fused = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb)
+        attn = na2d_qk(q * 0.5, k, self.kernel_size, self.dilation, self.rpb).softmax(-1)
+        return fused + na2d_av(attn, v, self.kernel_size, self.dilation)
+
+
+@pytest.mark.parametrize('backend', ['aot_eager', pytest.param('inductor', marks=pytest.mark.slow)])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    model = Attend()
+    x = torch.randn(2, 9, 10, 16, requires_grad=True)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    out, ref = compiled(x), model(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, [x, model.rpb], g),
+                               torch.autograd.grad(ref, [x, model.rpb], g))
+
+
+# -- bad inputs ----------------------------------------------------------------------------------
+
+def _qkv(shape=(1, 10, 10, 2, 4), dtype=torch.float32):
+    return [torch.randn(shape, dtype=dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize('kwargs,error,match', [
+    (dict(kernel_size=4), ValueError, 'kernel_size must be odd'),
+    (dict(kernel_size=0), ValueError, 'kernel_size must be odd'),
+    (dict(kernel_size=-3), ValueError, 'kernel_size must be odd'),
+    (dict(kernel_size=(3, 3, 3)), TypeError, 'kernel_size must be an int or a pair'),
+    (dict(kernel_size=True), TypeError, 'kernel_size must be an int or a pair'),
+    (dict(kernel_size=3.0), TypeError, 'kernel_size must be an int or a pair'),
+    (dict(kernel_size=3, dilation=0), ValueError, 'dilation must be >= 1'),
+    (dict(kernel_size=3, dilation=(1, True)), TypeError, 'dilation must be an int or a pair'),
+    (dict(kernel_size=3, dilation=4), ValueError, r'too small on axis H.*minimum'),
+    (dict(kernel_size=(3, 11)), ValueError, r'too small on axis W: W=10.*11 \* 1 = 11'),
+    (dict(kernel_size=3, scale='x'), TypeError, 'scale must be a float'),
+])
+def test_bad_arguments(kwargs, error, match):
+    q, k, v = _qkv()
+    with pytest.raises(error, match=match):
+        na2d(q, k, v, **kwargs)
+
+
+def test_bad_tensors():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match='must be 5-D'):
+        na2d(q[0], k[0], v[0], 3)
+    with pytest.raises(ValueError, match='query and key must have the same shape'):
+        na2d(q, k[:, :9], v, 3)
+    with pytest.raises(ValueError, match='query and value must have the same shape'):
+        na2d(q, k, v[..., :3], 3)
+    with pytest.raises(TypeError, match='float16, bfloat16, float32 or float64'):
+        na2d(q.long(), k.long(), v.long(), 3)
+    with pytest.raises(TypeError, match='one dtype'):
+        na2d(q, k.double(), v, 3)
+    with pytest.raises(TypeError, match='must be a torch.Tensor'):
+        na2d(q, k.numpy(), v, 3)
+    with pytest.raises(ValueError, match=r'rpb must be \[heads, 2\*kh-1, 2\*kw-1\] = \[2, 5, 5\]'):
+        na2d(q, k, v, 3, rpb=torch.zeros(2, 3, 3))
+    with pytest.raises(TypeError, match='one dtype'):
+        na2d(q, k, v, 3, rpb=torch.zeros(2, 5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match='one device'):
+        na2d(q, k, v.to('meta'), 3)
+    with pytest.raises(ValueError, match=r'attn must be \[B, H, W, heads, kh\*kw\]'):
+        na2d_av(torch.randn(1, 10, 10, 2, 8), v, 3)
+    with pytest.raises(ValueError, match='too small on axis H'):
+        na2d_qk(q[:, :2], k[:, :2], 3)
+
+
+def test_fallback_warns_once_and_is_correct(tmp_path):
+    """Without nat_mm._C (and no JIT build), the ops warn once, naming the build command."""
+    script = textwrap.dedent('''
+        import sys, warnings
+        sys.modules['nat_mm._C'] = None  # the prebuilt extension is missing
+        import torch
+        from nat_mm.ops import na2d, extension_loaded
+        q = k = v = torch.randn(1, 8, 8, 2, 4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            na2d(q, k, v, 3); na2d(q, k, v, 3)
+        messages = [str(w.message) for w in caught if 'nat_mm' in str(w.message)]
+        assert len(messages) == 1, messages
+        assert 'pip install --no-build-isolation -e .' in messages[0], messages[0]
+        assert not extension_loaded()
+        print('ok')
+    ''')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NAT_MM_NO_JIT='1', PYTHONPATH=repo)
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'ok'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('with_rpb', [True, False])
+@settings(deadline=None, max_examples=15)
+@given(case=na_cases())
+def test_cuda_float64_matches_reference(with_rpb, case):
+    shape, kernel_size, dilation, _ = case
+    assert_matches_reference(na2d, shape, kernel_size, dilation, with_rpb, device='cuda')
