@@ -45,6 +45,7 @@ def extensions():
 
 
 def main():
+    ext_modules = extensions()  # first: it settles CUDA_HOME before torch reads it
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
@@ -55,7 +56,7 @@ def main():
         packages=find_packages(include=['nat_mm', 'nat_mm.*']),
         python_requires='>=3.10',
         install_requires=['torch', 'timm'],
-        ext_modules=extensions(),
+        ext_modules=ext_modules,
         cmdclass={'build_ext': BuildExtension.with_options(use_ninja=True)},
         zip_safe=False,
     )

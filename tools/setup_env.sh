@@ -18,7 +18,9 @@ PYTHON="${PYTHON:-python3.11}"
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 pin() { sed -n "s/^$1==//p" "$CONSTRAINTS"; }
-pip_install() { "$PY" -m pip install --quiet -c "$CONSTRAINTS" "$@"; }
+# This machine's pip config lists local index folders that are sometimes absent: drop that noise.
+quiet_pip() { "$PY" -m pip "$@" 2> >(grep -v 'is neither a file nor a directory' >&2); }
+pip_install() { quiet_pip install --quiet -c "$CONSTRAINTS" "$@"; }
 
 if [ ! -x "$PY" ]; then
   log "creating $VENV with $PYTHON"
@@ -38,7 +40,7 @@ if ! "$PY" -c "import mmcv, sys; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 
     log "building mmcv $MMCV_VERSION with ops from the sdist (about 11 minutes on 2 cores)"
     BUILD="$(mktemp -d)"
     trap 'rm -rf "$BUILD"' EXIT
-    "$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
+    quiet_pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
       -d "$BUILD" "mmcv==$MMCV_VERSION"
     tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
     SRC="$BUILD/mmcv-$MMCV_VERSION"
@@ -46,7 +48,7 @@ if ! "$PY" -c "import mmcv, sys; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 
     sed -i 's/-std=c++14/-std=c++20/g; s/-std=c++17/-std=c++20/g; s#/std:c++14#/std:c++20#g; s#/std:c++17#/std:c++20#g' "$SRC/setup.py"
     mkdir -p "$BUILD/dist"
     (cd "$SRC" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-      "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$BUILD/dist" .)
+      quiet_pip wheel --quiet --no-deps --no-build-isolation -w "$BUILD/dist" .)
     mkdir -p "$WHEEL_DIR"
     mv "$BUILD"/dist/mmcv-*.whl "$WHEEL_DIR/"
   else
@@ -57,7 +59,7 @@ fi
 
 log "OpenMMLab, timm and test dependencies"
 pip_install mmcv=="$MMCV_VERSION" mmengine mmdet mmsegmentation ftfy regex timm pycocotools \
-  opencv-python pytest hypothesis
+  opencv-python pytest hypothesis natten
 
 log "nat_mm (editable) and its extension"
 pip_install --no-deps --no-build-isolation -e "$ROOT"
