@@ -277,3 +277,16 @@ def test_fallback_warns_once_and_is_correct(tmp_path):
 def test_cuda_float64_matches_reference(with_rpb, case):
     shape, kernel_size, dilation, _ = case
     assert_matches_reference(na2d, shape, kernel_size, dilation, with_rpb, device='cuda')
+
+
+def test_natten_agrees_with_reference():
+    """Our oracle agrees with natten 0.21.7 (our peer) where natten runs: CPU forward, no rpb."""
+    natten = pytest.importorskip('natten')
+    for shape, kernel_size, dilation in [((1, 15, 13, 2, 8), (5, 3), (2, 3)),
+                                         ((2, 14, 21, 2, 16), (7, 7), (2, 3))]:  # natten needs D >= 8
+        q, k, v = (torch.randn(shape) for _ in range(3))
+        ours = na2d(q, k, v, kernel_size, dilation)
+        theirs = natten.na2d(q, k, v, kernel_size=kernel_size, dilation=dilation)
+        ref = reference_na2d(q, k, v, kernel_size, dilation)
+        torch.testing.assert_close(theirs.double(), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.double(), ref, atol=1e-5, rtol=1e-5)
