@@ -1,0 +1,279 @@
+"""Checkpoint conversion and pretrained loading for the NAT/DiNAT backbones.
+
+Three source layouts are understood:
+
+- ``'official'``: the SHI-Labs classification checkpoints (our exact names plus ``norm.*`` and
+  ``head.*``) and their mmdet 2.x / mmseg 0.x detection and segmentation checkpoints (the same
+  names under ``backbone.``, next to neck and head weights);
+- ``'hf'``: Hugging Face ``NatModel`` / ``DinatModel`` state dicts (also with the ``nat.`` /
+  ``dinat.`` prefix of the ``*ForImageClassification`` models, and ``NatBackbone`` /
+  ``DinatBackbone``): separate ``query``/``key``/``value`` projections, ``layer_scale_parameters``
+  ``[2, C]``, ``layernorm_before`` and so on;
+- our own layout, which is the official one (so it converts to itself).
+
+:func:`convert_state_dict` is the one converter; :func:`load_pretrained` (used by ``init_cfg``)
+and ``tools/convert_checkpoint.py`` both call it.
+"""
+import re
+from collections import OrderedDict
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+from mmengine.logging import print_log
+from torch import nn
+
+from ..models import NAT
+
+__all__ = [
+    'detect_format', 'convert_state_dict', 'extract_state_dict', 'infer_nat_kwargs',
+    'load_pretrained', 'convert_checkpoint_file'
+]
+
+FORMATS = ('auto', 'official', 'hf')
+
+# Keys of an official checkpoint that a backbone does not use: the classification head and the
+# final norm in front of it.
+_CLS_KEYS = re.compile(r'^(norm|head)\.')
+# Output norms norm{i} exist only in downstream checkpoints; classification ones lack them.
+_OUTPUT_NORM_KEYS = re.compile(r'^norm\d+\.')
+
+_HF_RENAMES = [
+    (re.compile(r'^embeddings\.patch_embeddings\.projection\.'), 'patch_embed.proj.'),
+    (re.compile(r'^embeddings\.norm\.'), 'patch_embed.norm.'),
+    (re.compile(r'^encoder\.levels\.(\d+)\.downsample\.'), r'levels.\1.downsample.'),
+    (re.compile(r'^encoder\.levels\.(\d+)\.layers\.(\d+)\.'), r'levels.\1.blocks.\2.'),
+    (re.compile(r'^layernorm\.'), 'norm.'),
+    (re.compile(r'^classifier\.'), 'head.'),
+]
+_HF_LAYER_RENAMES = {
+    'layernorm_before': 'norm1',
+    'attention.self.rpb': 'attn.rpb',
+    'attention.output.dense': 'attn.proj',
+    'layernorm_after': 'norm2',
+    'intermediate.dense': 'mlp.fc1',
+    'output.dense': 'mlp.fc2',
+}
+_HF_QKV = re.compile(r'^(levels\.\d+\.blocks\.\d+\.)attention\.self\.(query|key|value)\.'
+                     r'(weight|bias)$')
+
+
+def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Return ``'hf'`` for a Hugging Face NAT/DiNAT state dict, else ``'official'``."""
+    for key in state_dict:
+        key = re.sub(r'^(module\.)?((di)?nat\.)?', '', key)
+        if key.startswith(('embeddings.', 'encoder.levels.', 'hidden_states_norms.')):
+            return 'hf'
+    return 'official'
+
+
+def _convert_official(state_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict, List[str]]:
+    if any(k.startswith('backbone.') for k in state_dict):
+        # mmdet 2.x / mmseg 0.x checkpoint: keep the backbone, skip the neck and heads.
+        kept = OrderedDict((k[len('backbone.'):], v) for k, v in state_dict.items()
+                           if k.startswith('backbone.'))
+        return kept, [k for k in state_dict if not k.startswith('backbone.')]
+    return OrderedDict(state_dict), []
+
+
+def _convert_hf(state_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict, List[str]]:
+    out, qkv = OrderedDict(), {}
+    for key, value in state_dict.items():
+        key = re.sub(r'^(di)?nat\.', '', key)
+        stage = re.match(r'^hidden_states_norms\.stage(\d+)\.(.*)$', key)
+        if stage:  # NatBackbone output norms: stage{i+1} -> norm{i}
+            key = f'norm{int(stage.group(1)) - 1}.{stage.group(2)}'
+        for pattern, repl in _HF_RENAMES:
+            key = pattern.sub(repl, key)
+        block = re.match(r'^(levels\.\d+\.blocks\.\d+\.)(.*)$', key)
+        if block:
+            prefix, rest = block.groups()
+            if rest == 'layer_scale_parameters':  # [2, C] -> gamma1, gamma2
+                out[prefix + 'gamma1'], out[prefix + 'gamma2'] = value[0].clone(), value[1].clone()
+                continue
+            for old, new in _HF_LAYER_RENAMES.items():
+                if rest.startswith(old + '.') or rest == old:
+                    key = prefix + new + rest[len(old):]
+                    break
+        match = _HF_QKV.match(key)
+        if match:
+            qkv.setdefault((match.group(1), match.group(3)), {})[match.group(2)] = value
+            continue
+        out[key] = value
+    for (prefix, kind), parts in qkv.items():
+        absent = [p for p in ('query', 'key', 'value') if p not in parts]
+        if absent:
+            raise ValueError(f'convert_state_dict: {prefix}attention.self has no {absent} '
+                             f'{kind} to build attn.qkv.{kind} from')
+        # Official qkv rows are ordered [3, heads, head_dim]: q rows, then k, then v.
+        out[f'{prefix}attn.qkv.{kind}'] = torch.cat(
+            [parts['query'], parts['key'], parts['value']], dim=0)
+    return out, []
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor],
+                       fmt: str = 'auto') -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Convert a NAT/DiNAT state dict to nat_mm's (= the official) key names.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): Source weights; a leading ``module.`` (DDP) is
+            stripped.
+        fmt (str): ``'official'``, ``'hf'`` or ``'auto'`` (see :func:`detect_format`).
+            Defaults to 'auto'.
+
+    Returns:
+        tuple[dict, list[str]]: The converted state dict and the source keys that were skipped
+        because they are not backbone weights (neck and heads of a det/seg checkpoint).
+        Classification ``norm.*``/``head.*`` are kept: loading reports them as unused.
+
+    Raises:
+        ValueError: an unknown ``fmt``, or an HF attention missing one of query/key/value.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f'convert_state_dict: fmt must be one of {FORMATS}, got {fmt!r}')
+    state_dict = OrderedDict(
+        (k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state_dict.items())
+    if fmt == 'auto':
+        fmt = detect_format(state_dict)
+    return _convert_hf(state_dict) if fmt == 'hf' else _convert_official(state_dict)
+
+
+def extract_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
+    """Return the weights of a loaded checkpoint: its ``state_dict`` or ``model`` entry, or the
+    checkpoint itself when it is already a flat ``{name: tensor}`` dict.
+
+    Raises:
+        TypeError: ``checkpoint`` holds no recognisable state dict.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
+    for key in ('state_dict', 'model'):
+        if isinstance(checkpoint.get(key), Mapping):
+            return checkpoint[key]
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise TypeError('checkpoint has no state_dict/model entry and is not a flat dict of '
+                    f'tensors; top-level keys: {sorted(checkpoint)[:10]}')
+
+
+def infer_nat_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Infer the :class:`~nat_mm.models.NAT` arguments that give ``state_dict``'s shapes.
+
+    Dilations do not change the parameters, so the result builds a NAT whose keys and shapes
+    match the ones of a DiNAT checkpoint too.
+
+    Raises:
+        ValueError: ``state_dict`` is not in nat_mm layout (no ``patch_embed.proj.1.weight``).
+    """
+    if 'patch_embed.proj.1.weight' not in state_dict:
+        raise ValueError('infer_nat_kwargs: not a NAT state dict in nat_mm layout (no '
+                         'patch_embed.proj.1.weight); convert it first')
+    embed_dims = state_dict['patch_embed.proj.1.weight'].shape[0]
+    blocks = {}
+    for key in state_dict:
+        match = re.match(r'^levels\.(\d+)\.blocks\.(\d+)\.', key)
+        if match:
+            level, block = int(match.group(1)), int(match.group(2))
+            blocks[level] = max(blocks.get(level, 0), block + 1)
+    depths = [blocks[i] for i in range(len(blocks))]
+    rpb = [state_dict[f'levels.{i}.blocks.0.attn.rpb'] for i in range(len(depths))]
+    fc1 = state_dict['levels.0.blocks.0.mlp.fc1.weight']
+    out_indices = [i for i in range(len(depths)) if f'norm{i}.weight' in state_dict]
+    return dict(
+        embed_dims=embed_dims, depths=depths, num_heads=[r.shape[0] for r in rpb],
+        kernel_size=(rpb[0].shape[1] + 1) // 2, mlp_ratio=fc1.shape[0] / embed_dims,
+        layer_scale=1e-5 if 'levels.0.blocks.0.gamma1' in state_dict else 0,
+        qkv_bias='levels.0.blocks.0.attn.qkv.bias' in state_dict,
+        out_indices=out_indices or list(range(len(depths))))
+
+
+def _check_incompatible(missing: List[str], unexpected: List[str], source: str) -> None:
+    """Raise on missing backbone weights; log the keys that are expected to differ."""
+    new_norms = [k for k in missing if _OUTPUT_NORM_KEYS.match(k)]
+    really_missing = [k for k in missing if not _OUTPUT_NORM_KEYS.match(k)]
+    if really_missing:
+        raise RuntimeError(f'{source}: {len(really_missing)} backbone weights are missing from '
+                           f'the checkpoint: {really_missing}')
+    if new_norms:
+        print_log(f'{source}: output norms not in the checkpoint (a classification '
+                  f'checkpoint), initialised as LayerNorm(1, 0): {new_norms}', logger='current')
+    cls_keys = [k for k in unexpected if _CLS_KEYS.match(k)]
+    others = [k for k in unexpected if not _CLS_KEYS.match(k)]
+    if cls_keys:
+        print_log(f'{source}: unused classification weights: {cls_keys}', logger='current')
+    if others:
+        print_log(f'{source}: unexpected keys in the checkpoint: {others}', logger='current',
+                  level=30)
+
+
+def load_pretrained(model: nn.Module,
+                    checkpoint: str,
+                    prefix: Optional[str] = None,
+                    map_location: str = 'cpu',
+                    fmt: str = 'auto') -> Tuple[List[str], List[str]]:
+    """Load (and convert) a pretrained checkpoint into a NAT/DiNAT backbone.
+
+    The file is read with mmengine's ``CheckpointLoader`` (local paths, URLs, ``open-mmlab://``
+    ...). Output norms ``norm{i}`` may be absent (classification checkpoints do not have them;
+    they keep their initialisation); any other missing backbone weight is an error.
+
+    Args:
+        model (nn.Module): The backbone.
+        checkpoint (str): Path or URL.
+        prefix (str, optional): Load only the keys under this prefix (e.g. ``'backbone.'``),
+            stripped. Defaults to None.
+        map_location (str): Passed to the loader. Defaults to 'cpu'.
+        fmt (str): Source layout, see :func:`convert_state_dict`. Defaults to 'auto'.
+
+    Returns:
+        tuple[list[str], list[str]]: Missing and unexpected keys.
+
+    Raises:
+        ValueError: no key starts with ``prefix``.
+        RuntimeError: backbone weights missing from the checkpoint, or shape mismatches.
+    """
+    from mmengine.runner import CheckpointLoader
+
+    state_dict = extract_state_dict(
+        CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location, logger='current'))
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state_dict = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                                 if k.startswith(prefix))
+        if not state_dict:
+            raise ValueError(f'load_pretrained: no key of {checkpoint} starts with {prefix!r}')
+    state_dict, _ = convert_state_dict(state_dict, fmt)
+    missing, unexpected = nn.Module.load_state_dict(model, state_dict, strict=False)
+    _check_incompatible(missing, unexpected, f'load_pretrained({checkpoint})')
+    return missing, unexpected
+
+
+def convert_checkpoint_file(src: str, dst: str, fmt: str = 'auto') -> dict:
+    """Convert the checkpoint file ``src`` into a nat_mm checkpoint ``dst``.
+
+    ``dst`` holds ``{'state_dict': weights}`` only (tensors, safe for ``weights_only=True``).
+    The converted weights are compared with a NAT built from their own shapes
+    (:func:`infer_nat_kwargs`), which finds missing, unexpected and misnamed keys.
+
+    Args:
+        src (str): Source checkpoint (official, det/seg or Hugging Face; ``.safetensors``
+            files are read with safetensors).
+        dst (str): Output path.
+        fmt (str): ``'auto'``, ``'official'`` or ``'hf'``. Defaults to 'auto'.
+
+    Returns:
+        dict: ``format`` (the detected layout), ``missing``, ``unexpected`` and ``skipped``
+        (non-backbone keys left out) key lists, and the inferred ``model`` arguments.
+    """
+    if str(src).endswith('.safetensors'):  # Hugging Face hub files
+        from safetensors.torch import load_file
+        state_dict = load_file(str(src))
+    else:
+        state_dict = extract_state_dict(torch.load(src, map_location='cpu', weights_only=True))
+    detected = detect_format(state_dict) if fmt == 'auto' else fmt
+    converted, skipped = convert_state_dict(state_dict, detected)
+    kwargs = infer_nat_kwargs(converted)
+    reference = NAT(**kwargs, drop_path_rate=0.)
+    missing, unexpected = reference.load_state_dict(converted, strict=False)
+    torch.save({'state_dict': converted}, dst)
+    return dict(format=detected, missing=sorted(missing), unexpected=sorted(unexpected),
+                skipped=sorted(skipped), model=kwargs)

@@ -1,0 +1,203 @@
+"""Benchmark the NAT-Tiny backbone against mmdet's Swin-T backbone, side by side.
+
+Both backbones run in one process, interleaved (NAT, Swin, NAT, Swin, ...), so that machine
+noise hits both alike; the table reports medians. Two modes: inference (``no_grad``, eval) and a
+training step (train mode, forward + backward of a scalar over all four outputs).
+
+Peak memory is the extra memory a run needs above what the process held before it:
+- CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the
+  memory allocated before the run;
+- CPU: the peak resident set size of the process (``VmHWM``, reset through
+  ``/proc/self/clear_refs``, Linux) minus the resident size before the run, after returning
+  freed heap memory to the OS with ``malloc_trim``. tracemalloc would not see torch's
+  allocations at all.
+
+Swin-T: embed_dims=96, depths (2, 2, 6, 2), heads (3, 6, 12, 24), window 7, mlp_ratio 4, the
+mmdet Mask R-CNN Swin-T settings; NAT-Tiny: ``NAT(arch='tiny')``. Both with drop_path_rate 0.2.
+
+Examples::
+
+    python tools/benchmark_backbone.py                      # 800x1216, CPU
+    python tools/benchmark_backbone.py --shape 224 320 --repeats 2 --json bench.json
+    python tools/benchmark_backbone.py --device cuda --dtype float16
+"""
+import argparse
+import ctypes
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import nat_mm  # noqa: E402
+from nat_mm.models import NAT  # noqa: E402
+
+DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--device', default='cpu', help='cpu or cuda[:i] (default: cpu)')
+    parser.add_argument('--shape', type=int, nargs=2, default=(800, 1216), metavar=('H', 'W'),
+                        help='input height and width (default: 800 1216)')
+    parser.add_argument('--batch', type=int, default=1, help='batch size (default: 1)')
+    parser.add_argument('--repeats', type=int, default=3,
+                        help='timed runs per model and mode (default: 3)')
+    parser.add_argument('--warmup', type=int, default=1,
+                        help='untimed runs per model and mode first (default: 1)')
+    parser.add_argument('--modes', nargs='+', choices=('infer', 'train'),
+                        default=('infer', 'train'), help='what to run (default: both)')
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
+                        help='autocast dtype; float32 means no autocast (default: float32)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads on CPU (default: torch default)')
+    parser.add_argument('--json', metavar='PATH', help='also write the results as JSON here')
+    return parser.parse_args(argv)
+
+
+def build_models(device):
+    from mmdet.models.backbones import SwinTransformer
+
+    torch.manual_seed(0)
+    nat = NAT(arch='tiny', drop_path_rate=0.2)
+    nat.init_weights()
+    swin = SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                           window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2,
+                           patch_norm=True, out_indices=(0, 1, 2, 3), convert_weights=False)
+    swin.init_weights()
+    return {'NAT-Tiny': nat.to(device), 'Swin-T (mmdet)': swin.to(device)}
+
+
+class PeakMemory:
+    """Peak extra memory (bytes) of the code inside ``with`` (see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = None
+
+    @staticmethod
+    def _status(field):
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f'no {field} in /proc/self/status')
+
+    def __enter__(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        try:
+            ctypes.CDLL('libc.so.6').malloc_trim(0)
+        except OSError:
+            pass
+        self.base = self._status('VmRSS')
+        self.sampled = 0
+        try:
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')  # reset VmHWM to the current RSS
+            self.use_hwm = True
+        except OSError:  # not Linux, or not allowed: sample RSS in a thread instead
+            self.use_hwm = False
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.sampled = max(self.sampled, self._status('VmRSS'))
+
+    def __exit__(self, *exc):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        elif self.use_hwm:
+            self.peak = self._status('VmHWM') - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.sampled, self._status('VmRSS')) - self.base
+        return False
+
+
+def run_once(model, x, mode, dtype, device):
+    """One timed run; returns (seconds, peak extra bytes)."""
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    model.train(mode == 'train')
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        with autocast:
+            if mode == 'infer':
+                with torch.no_grad():
+                    outs = model(x)
+            else:
+                outs = model(x)
+                sum(o.float().mean() for o in outs).backward()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        del outs
+    model.zero_grad(set_to_none=True)
+    return elapsed, mem.peak
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    models = build_models(device)
+    x = torch.randn(args.batch, 3, *args.shape, device=device)
+    results = []
+    for mode in args.modes:
+        times = {name: [] for name in models}
+        peaks = {name: [] for name in models}
+        for name, model in models.items():
+            for _ in range(args.warmup):
+                run_once(model, x, mode, dtype, device)
+        for _ in range(args.repeats):  # interleaved: A B A B ...
+            for name, model in models.items():
+                t, peak = run_once(model, x, mode, dtype, device)
+                times[name].append(t)
+                peaks[name].append(peak)
+        for name in models:
+            results.append(dict(
+                model=name, mode=mode, median_ms=1e3 * statistics.median(times[name]),
+                min_ms=1e3 * min(times[name]), times_ms=[1e3 * t for t in times[name]],
+                peak_mb=max(peaks[name]) / 2**20))
+
+    env = dict(device=str(device), device_name=(torch.cuda.get_device_name(device)
+                                                if device.type == 'cuda' else platform.processor()
+                                                or platform.machine()),
+               threads=torch.get_num_threads(), dtype=args.dtype, shape=list(args.shape),
+               batch=args.batch, repeats=args.repeats, warmup=args.warmup,
+               torch=torch.__version__, nat_mm_compiled_ops=nat_mm.ops.extension_loaded(),
+               command=' '.join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])))
+    print(f"device={env['device']} ({env['device_name']}), threads={env['threads']}, "
+          f"dtype={args.dtype}, input={args.batch}x3x{args.shape[0]}x{args.shape[1]}, "
+          f"repeats={args.repeats}, compiled NA kernels={env['nat_mm_compiled_ops']}")
+    header = f"{'model':<16}{'mode':<7}{'median ms':>11}{'min ms':>10}{'peak MB':>10}"
+    print(header + f"{'vs Swin-T':>11}")
+    print('-' * (len(header) + 11))
+    for r in results:
+        swin = next(s for s in results if s['mode'] == r['mode'] and s['model'].startswith('Swin'))
+        ratio = r['median_ms'] / swin['median_ms']
+        print(f"{r['model']:<16}{r['mode']:<7}{r['median_ms']:>11.1f}{r['min_ms']:>10.1f}"
+              f"{r['peak_mb']:>10.1f}{ratio:>10.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(env=env, results=results), indent=2) + '\n')
+        print(f'wrote {args.json}')
+    return results
+
+
+if __name__ == '__main__':
+    main()
