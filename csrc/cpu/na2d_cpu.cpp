@@ -17,6 +17,7 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "na2d_index.h"
@@ -155,16 +156,55 @@ inline void store(const Acc* acc, Acc scale, T* out, int64_t D) {
   for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(acc[d] * scale);
 }
 
+// x[t] = exp(x[t] - shift), in a loop the compiler can vectorise (libmvec, -fno-math-errno).
+template <typename Acc>
+inline void exp_shifted(Acc* x, Acc shift, int64_t n) {
+#pragma omp simd
+  for (int64_t t = 0; t < n; ++t) x[t] = std::exp(x[t] - shift);
+}
+
+// Calls f(std::integral_constant<int64_t, D>) for the head dims NAT uses (16, 32, 64), so the D
+// loops unroll and the accumulators stay in registers; f(integral_constant<0>) otherwise, where
+// the loops take the runtime D.
+template <typename Fn>
+inline void with_head_dim(int64_t D, const Fn& fn) {
+  switch (D) {
+    case 16: return fn(std::integral_constant<int64_t, 16>{});
+    case 32: return fn(std::integral_constant<int64_t, 32>{});
+    case 64: return fn(std::integral_constant<int64_t, 64>{});
+    default: return fn(std::integral_constant<int64_t, 0>{});
+  }
+}
+
 // logits[t] = x . y[neighbour t] for the window of query p (slot t = ki * kw + kj).
 template <typename Acc, typename T>
 inline void window_dots(const T* x, const Rows<T>& y, const Pos& p, const Geometry& g,
                         const Tables& tab, Acc* logits) {
   const int64_t ys = tab.rows.start[p.y], xs = tab.cols.start[p.x];
-  for (int64_t ki = 0; ki < g.kh; ++ki) {
-    for (int64_t kj = 0; kj < g.kw; ++kj) {
-      logits[ki * g.kw + kj] = dot<Acc>(x, y.at(p.b, ys + ki * g.dh, xs + kj * g.dw, p.n), g.D);
+  with_head_dim(g.D, [&](auto dim) {
+    const int64_t D = dim.value ? dim.value : g.D;
+    for (int64_t ki = 0; ki < g.kh; ++ki) {
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        logits[ki * g.kw + kj] = dot<Acc>(x, y.at(p.b, ys + ki * g.dh, xs + kj * g.dw, p.n), D);
+      }
     }
-  }
+  });
+}
+
+// acc[0:D] += sum of w_t * row_t over the rows that each(visit) visits, visit(w, row) being called
+// by each() for every term. With a fixed D the running sum lives in a local array (registers).
+template <typename Acc, typename T, typename Each>
+inline void accumulate_rows(int64_t runtime_D, Acc* acc, const Each& each) {
+  with_head_dim(runtime_D, [&](auto dim) {
+    constexpr int64_t kD = decltype(dim)::value;
+    if constexpr (kD > 0) {
+      Acc local[kD] = {};
+      each([&](Acc w, const T* row) { axpy(w, row, local, kD); });
+      for (int64_t d = 0; d < kD; ++d) acc[d] += local[d];
+    } else {
+      each([&](Acc w, const T* row) { axpy(w, row, acc, runtime_D); });
+    }
+  });
 }
 
 // acc += sum_t w[t] * y[neighbour t] over the window of query p.
@@ -172,11 +212,13 @@ template <typename Acc, typename T>
 inline void window_sum(const Acc* w, const Rows<T>& y, const Pos& p, const Geometry& g,
                        const Tables& tab, Acc* acc) {
   const int64_t ys = tab.rows.start[p.y], xs = tab.cols.start[p.x];
-  for (int64_t ki = 0; ki < g.kh; ++ki) {
-    for (int64_t kj = 0; kj < g.kw; ++kj) {
-      axpy(w[ki * g.kw + kj], y.at(p.b, ys + ki * g.dh, xs + kj * g.dw, p.n), acc, g.D);
+  accumulate_rows<Acc, T>(g.D, acc, [&](const auto& visit) {
+    for (int64_t ki = 0; ki < g.kh; ++ki) {
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        visit(w[ki * g.kw + kj], y.at(p.b, ys + ki * g.dh, xs + kj * g.dw, p.n));
+      }
     }
-  }
+  });
 }
 
 // acc += sum over the queries i whose window holds key p of w[i, slot of p] * x[i], where w is a
@@ -184,14 +226,16 @@ inline void window_sum(const Acc* w, const Rows<T>& y, const Pos& p, const Geome
 template <typename Acc, typename W, typename T>
 inline void inverse_sum(const W* w, const Rows<T>& x, const Pos& p, const Geometry& g,
                         const Tables& tab, Acc* acc) {
-  for (int64_t qy = tab.rows.inv_first[p.y]; qy < tab.rows.inv_end[p.y]; qy += g.dh) {
-    const int64_t ki = (p.y - tab.rows.start[qy]) / g.dh;
-    for (int64_t qx = tab.cols.inv_first[p.x]; qx < tab.cols.inv_end[p.x]; qx += g.dw) {
-      const int64_t kj = (p.x - tab.cols.start[qx]) / g.dw;
-      const int64_t row = ((p.b * g.H + qy) * g.W + qx) * g.heads + p.n;
-      axpy(static_cast<Acc>(w[row * g.kk() + ki * g.kw + kj]), x.at(p.b, qy, qx, p.n), acc, g.D);
+  accumulate_rows<Acc, T>(g.D, acc, [&](const auto& visit) {
+    for (int64_t qy = tab.rows.inv_first[p.y]; qy < tab.rows.inv_end[p.y]; qy += g.dh) {
+      const int64_t ki = (p.y - tab.rows.start[qy]) / g.dh;
+      for (int64_t qx = tab.cols.inv_first[p.x]; qx < tab.cols.inv_end[p.x]; qx += g.dw) {
+        const int64_t kj = (p.x - tab.cols.start[qx]) / g.dw;
+        const int64_t row = ((p.b * g.H + qy) * g.W + qx) * g.heads + p.n;
+        visit(static_cast<Acc>(w[row * g.kk() + ki * g.kw + kj]), x.at(p.b, qy, qx, p.n));
+      }
     }
-  }
+  });
 }
 
 // Offset into one head's rpb table for slot (ki, kj) of query p.
@@ -282,11 +326,9 @@ std::tuple<at::Tensor, at::Tensor> na2d_forward_cpu(const at::Tensor& q_in, cons
         add_rpb(bias, p, g, tab, logits);
         for (int64_t t = 0; t < g.kk(); ++t) max_logit = std::max(max_logit, logits[t]);
       }
+      exp_shifted(logits, max_logit, g.kk());
       Acc sum = 0;
-      for (int64_t t = 0; t < g.kk(); ++t) {
-        logits[t] = std::exp(logits[t] - max_logit);
-        sum += logits[t];
-      }
+      for (int64_t t = 0; t < g.kk(); ++t) sum += logits[t];
       std::fill(acc, acc + g.D, Acc(0));
       window_sum(logits, V, p, g, tab, acc);
       store(acc, Acc(1) / sum, O.at(p), g.D);
@@ -341,7 +383,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> na2d_backward_cpu(
       window_dots(Q.at(p), K, p, g, tab, p_row);
       for (int64_t t = 0; t < g.kk(); ++t) p_row[t] *= s;
       if (bias != nullptr) add_rpb(bias, p, g, tab, p_row);
-      for (int64_t t = 0; t < g.kk(); ++t) p_row[t] = std::exp(p_row[t] - lse_ptr[row]);
+      exp_shifted(p_row, lse_ptr[row], g.kk());
       window_dots(dO.at(p), V, p, g, tab, ds_row);
       const Acc delta = dot<Acc>(dO.at(p), O.at(p), g.D);
       for (int64_t t = 0; t < g.kk(); ++t) ds_row[t] = p_row[t] * (ds_row[t] - delta);
