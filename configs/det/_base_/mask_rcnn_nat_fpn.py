@@ -1,0 +1,14 @@
+# Mask R-CNN with a NAT backbone: mmdet's Mask R-CNN R-50-FPN with the backbone
+# swapped. Variants set `arch`, `drop_path_rate`, the checkpoint and
+# `neck.in_channels`.
+_base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='NAT',
+        arch='tiny',
+        kernel_size=7,
+        drop_path_rate=0.2,
+        out_indices=(0, 1, 2, 3)),
+    neck=dict(in_channels=[64, 128, 256, 512]))

@@ -1,0 +1,12 @@
+_base_ = [
+    './_base_/cascade_mask_rcnn_nat_fpn.py',
+    './_base_/coco_instance_ms_crop_3x.py'
+]
+
+model = dict(
+    backbone=dict(
+        arch='mini',
+        drop_path_rate=0.2,
+        init_cfg=dict(
+            type='Pretrained', checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth')),
+    neck=dict(in_channels=[64, 128, 256, 512]))

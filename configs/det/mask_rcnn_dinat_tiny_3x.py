@@ -1,0 +1,7 @@
+_base_ = './mask_rcnn_nat_tiny_3x.py'
+
+model = dict(
+    backbone=dict(
+        type='DiNAT',
+        task='det',
+        init_cfg=dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth')))

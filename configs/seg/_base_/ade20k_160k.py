@@ -1,0 +1,46 @@
+# The NAT/DiNAT segmentation recipe (ADE20K, 512x512 crops, 160k iterations):
+# AdamW lr 6e-5, wd 0.01, no weight decay on the relative positional biases
+# (`rpb`) and norms, linear warm-up over 1500 iterations from 1e-6 then poly
+# (power 1) decay, 16 images per batch (8 GPUs x 2), fp16, whole-image test.
+# Multi-scale + flip test (ratios 0.5-1.75): `tools/test.py --tta`, which uses
+# mmseg's `tta_pipeline` and `tta_model` from the bases below.
+_base_ = [
+    'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_160k.py',
+]
+
+# Registers the NAT and DiNAT backbones in mmseg's MODELS.
+custom_imports = dict(imports=['nat_mm'], allow_failed_imports=False)
+
+# Data under data/ade/ADEChallengeData2016, 512x512 crops (mmseg's base); the
+# model file pads training batches to that size and tests on whole images.
+train_dataloader = dict(batch_size=2)
+val_dataloader = dict(batch_size=1)
+test_dataloader = val_dataloader
+
+# fp16 as in the official recipe. AmpOptimWrapper needs CUDA: tools/train.py
+# falls back to OptimWrapper (fp32) with a warning on machines without it.
+optim_wrapper = dict(
+    _delete_=True,
+    type='AmpOptimWrapper',
+    loss_scale='dynamic',
+    optimizer=dict(
+        type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=dict(
+        custom_keys={
+            'rpb': dict(decay_mult=0.),
+            'norm': dict(decay_mult=0.)
+        }))
+
+param_scheduler = [
+    dict(
+        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(
+        type='PolyLR',
+        eta_min=0.0,
+        power=1.0,
+        begin=1500,
+        end=160000,
+        by_epoch=False)
+]

@@ -1,0 +1,8 @@
+_base_ = './upernet_nat_small_160k.py'
+
+# DiNAT-S has no layer scale (the DiNAT 'small' arch default).
+model = dict(
+    backbone=dict(
+        type='DiNAT',
+        task='seg',
+        init_cfg=dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_small_in1k_224.pth')))

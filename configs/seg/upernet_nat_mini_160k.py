@@ -1,0 +1,10 @@
+_base_ = ['./_base_/upernet_nat.py', './_base_/ade20k_160k.py']
+
+model = dict(
+    backbone=dict(
+        arch='mini',
+        drop_path_rate=0.2,
+        init_cfg=dict(
+            type='Pretrained', checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth')),
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))
