@@ -80,6 +80,24 @@ def test_na2d_matches_reference(backend, case):
     assert_matches_reference(BACKENDS[backend], shape, kernel_size, dilation, with_rpb)
 
 
+# The CPU kernels take interior queries (and keys) 8 (float) or 4 (double) at a time, one SIMD lane
+# each, and the rest one by one; rows must be wide (at least k + 8 groups per residue class) to
+# reach the lane path, which the randomized cases above rarely are. These cover lanes plus
+# leftovers, several heads, dilated residue classes of unequal length, head dims that are not a
+# multiple of the register blocking, and the band boundaries (bands of 8 rows).
+@pytest.mark.parametrize('shape,kernel_size,dilation', [
+    ((2, 19, 41, 3, 5), (7, 7), (1, 1)),
+    ((1, 12, 45, 2, 16), (5, 3), (1, 2)),
+    ((1, 27, 70, 2, 8), (3, 7), (3, 3)),
+    ((1, 9, 53, 1, 32), (9, 9), (1, 1)),
+    ((1, 20, 131, 1, 12), (13, 5), (1, 4)),
+], ids=['k7', 'k5x3-d1x2', 'k3x7-d3', 'k9-D32', 'k13x5-d1x4'])
+@pytest.mark.parametrize('with_rpb', [True, False], ids=['rpb', 'no_rpb'])
+def test_na2d_wide_rows_match_reference(shape, kernel_size, dilation, with_rpb):
+    assert_matches_reference(na2d, shape, kernel_size, dilation, with_rpb)
+    assert_matches_reference(na2d, shape, kernel_size, dilation, with_rpb, torch.float32)
+
+
 @pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16],
                          ids=['fp32', 'bf16', 'fp16'])
@@ -87,7 +105,7 @@ def test_na2d_matches_reference(backend, case):
 def test_na2d_dtypes(device, dtype, kernel_size, dilation):
     if device == 'cuda' and not extension_has_cuda():
         pytest.fail('CUDA is available but the extension has no CUDA kernels')
-    assert_matches_reference(na2d, (2, 19, 23, 2, 32), kernel_size, dilation, True, dtype,
+    assert_matches_reference(na2d, (2, 19, 37, 2, 32), kernel_size, dilation, True, dtype,
                              device)
 
 
