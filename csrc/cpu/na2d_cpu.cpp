@@ -458,6 +458,26 @@ inline std::pair<int64_t, int64_t> inverse_rows(const Band& band, const Geometry
   return {(tab.rows.inv_first[y0] - band.c) / g.dh, (last - band.c) / g.dh + 1};
 }
 
+// Calls fn(std::integral_constant<int64_t, N>{}, start) for chunks [start, start + N) that cover
+// [0, total), N = 8 but for the last: the lane loops over N unroll and their 8 independent
+// accumulators stay in registers and hide the FMA latency.
+template <typename Fn>
+inline void for_each_chunk_of_8(int64_t total, const Fn& fn) {
+  using std::integral_constant;
+  for (int64_t start = 0; start < total; start += 8) {
+    switch (std::min<int64_t>(8, total - start)) {
+      case 8: fn(integral_constant<int64_t, 8>{}, start); break;
+      case 7: fn(integral_constant<int64_t, 7>{}, start); break;
+      case 6: fn(integral_constant<int64_t, 6>{}, start); break;
+      case 5: fn(integral_constant<int64_t, 5>{}, start); break;
+      case 4: fn(integral_constant<int64_t, 4>{}, start); break;
+      case 3: fn(integral_constant<int64_t, 3>{}, start); break;
+      case 2: fn(integral_constant<int64_t, 2>{}, start); break;
+      default: fn(integral_constant<int64_t, 1>{}, start); break;
+    }
+  }
+}
+
 // out[j][l] = sum_d x[d][l] * y[d * ld + j + l] for j < NJ: NJ adjacent slots of one window row.
 template <typename Acc, int64_t NJ>
 inline void lane_dots(const Acc* x, const Acc* y, int64_t ld, int64_t D, Acc* out) {
@@ -485,21 +505,9 @@ void lane_window_dots(const Acc* x, const LaneRows<Acc>& y, int64_t ys, int64_t 
   for (int64_t ki = 0; ki < g.kh; ++ki) {
     const Acc* row = y.row(ys) + ki * y.row_size() + col0;
     Acc* out = logits + ki * g.kw * L;
-    // chunks of up to 8 slots: 8 independent FMA chains hide the FMA latency
-    for (int64_t kj = 0; kj < g.kw; kj += 8) {
-      const Acc* y0 = row + kj;
-      Acc* o = out + kj * L;
-      switch (std::min<int64_t>(8, g.kw - kj)) {
-        case 8: lane_dots<Acc, 8>(x, y0, y.Wp, g.D, o); break;
-        case 7: lane_dots<Acc, 7>(x, y0, y.Wp, g.D, o); break;
-        case 6: lane_dots<Acc, 6>(x, y0, y.Wp, g.D, o); break;
-        case 5: lane_dots<Acc, 5>(x, y0, y.Wp, g.D, o); break;
-        case 4: lane_dots<Acc, 4>(x, y0, y.Wp, g.D, o); break;
-        case 3: lane_dots<Acc, 3>(x, y0, y.Wp, g.D, o); break;
-        case 2: lane_dots<Acc, 2>(x, y0, y.Wp, g.D, o); break;
-        default: lane_dots<Acc, 1>(x, y0, y.Wp, g.D, o); break;
-      }
-    }
+    for_each_chunk_of_8(g.kw, [&](auto chunk, int64_t kj) {
+      lane_dots<Acc, decltype(chunk)::value>(x, row + kj, y.Wp, g.D, out + kj * L);
+    });
   }
 }
 
@@ -528,18 +536,9 @@ inline void lane_sum_dims(const Acc* w, const LaneRows<Acc>& y, int64_t ys, int6
 template <typename Acc>
 void lane_window_sum(const Acc* w, const LaneRows<Acc>& y, int64_t ys, int64_t col0,
                      const Geometry& g, Acc* out) {
-  int64_t d0 = 0;
-  for (; d0 + 8 <= g.D; d0 += 8) lane_sum_dims<Acc, 8>(w, y, ys, col0, d0, g, out);
-  switch (g.D - d0) {
-    case 7: lane_sum_dims<Acc, 7>(w, y, ys, col0, d0, g, out); break;
-    case 6: lane_sum_dims<Acc, 6>(w, y, ys, col0, d0, g, out); break;
-    case 5: lane_sum_dims<Acc, 5>(w, y, ys, col0, d0, g, out); break;
-    case 4: lane_sum_dims<Acc, 4>(w, y, ys, col0, d0, g, out); break;
-    case 3: lane_sum_dims<Acc, 3>(w, y, ys, col0, d0, g, out); break;
-    case 2: lane_sum_dims<Acc, 2>(w, y, ys, col0, d0, g, out); break;
-    case 1: lane_sum_dims<Acc, 1>(w, y, ys, col0, d0, g, out); break;
-    default: break;
-  }
+  for_each_chunk_of_8(g.D, [&](auto chunk, int64_t d0) {
+    lane_sum_dims<Acc, decltype(chunk)::value>(w, y, ys, col0, d0, g, out);
+  });
 }
 
 // logits[t][l] = logits[t][l] * scale + rpb, where table points at rpb[head][first row][r]:
@@ -709,19 +708,9 @@ inline void lane_inverse_sum_dims(const Acc* w, const LaneRows<Acc>& x, int64_t 
 template <typename Acc>
 void lane_inverse_sum(const Acc* w, const LaneRows<Acc>& x, int64_t key_row, int64_t col,
                       const Geometry& g, const Tables& tab, Acc* out) {
-  int64_t d0 = 0;
-  for (; d0 + 8 <= g.D; d0 += 8)
-    lane_inverse_sum_dims<Acc, 8>(w, x, key_row, col, d0, g, tab, out);
-  switch (g.D - d0) {
-    case 7: lane_inverse_sum_dims<Acc, 7>(w, x, key_row, col, d0, g, tab, out); break;
-    case 6: lane_inverse_sum_dims<Acc, 6>(w, x, key_row, col, d0, g, tab, out); break;
-    case 5: lane_inverse_sum_dims<Acc, 5>(w, x, key_row, col, d0, g, tab, out); break;
-    case 4: lane_inverse_sum_dims<Acc, 4>(w, x, key_row, col, d0, g, tab, out); break;
-    case 3: lane_inverse_sum_dims<Acc, 3>(w, x, key_row, col, d0, g, tab, out); break;
-    case 2: lane_inverse_sum_dims<Acc, 2>(w, x, key_row, col, d0, g, tab, out); break;
-    case 1: lane_inverse_sum_dims<Acc, 1>(w, x, key_row, col, d0, g, tab, out); break;
-    default: break;
-  }
+  for_each_chunk_of_8(g.D, [&](auto chunk, int64_t d0) {
+    lane_inverse_sum_dims<Acc, decltype(chunk)::value>(w, x, key_row, col, d0, g, tab, out);
+  });
 }
 
 // dst[t][col + l] = src[t][l] for a [kk][kLanes] tile into a [kk, W'] lane-layout plane row.
