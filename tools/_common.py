@@ -118,6 +118,18 @@ def init_cpu_distributed(cfg: Config, launcher: str) -> None:
         torch.distributed.init_process_group(backend='gloo', **dist_cfg)
 
 
+def finish_distributed() -> None:
+    """Tear the process group down before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads can be destroyed while still joinable,
+    which aborts the process ("terminate called without an active exception", SIGABRT) after a
+    run that otherwise succeeded. A barrier first, so no rank leaves while another still talks.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _dataset_paths(dataset: dict, where: str) -> Iterator[Tuple[str, str, str]]:
     """Yield ``(path, config key, dataset type)`` for every local path a dataset reads."""
     if not isinstance(dataset, dict):

@@ -17,7 +17,7 @@ from mmengine.runner import Runner
 
 import nat_mm  # noqa: F401  registers NAT and DiNAT even without custom_imports
 from _common import (adapt_to_cpu, check_checkpoint, check_data_paths, default_work_dir,
-                     init_cpu_distributed, set_local_rank_env, task_of)
+                     finish_distributed, init_cpu_distributed, set_local_rank_env, task_of)
 
 
 def parse_args():
@@ -118,6 +118,7 @@ def main():
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.test()
+    finish_distributed()
 
 
 if __name__ == '__main__':

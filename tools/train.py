@@ -16,7 +16,8 @@ from mmengine.runner import Runner
 
 import nat_mm  # noqa: F401  registers NAT and DiNAT even without custom_imports
 from _common import (adapt_to_cpu, check_checkpoint, check_data_paths, check_pretrained,
-                     default_work_dir, init_cpu_distributed, set_local_rank_env, task_of)
+                     default_work_dir, finish_distributed, init_cpu_distributed,
+                     set_local_rank_env, task_of)
 
 
 def parse_args():
@@ -85,6 +86,7 @@ def main():
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    finish_distributed()
 
 
 if __name__ == '__main__':
