@@ -84,7 +84,7 @@ def test_na2d_matches_reference(backend, case):
 # each, and the rest one by one; rows must be wide (at least k + 8 groups per residue class) to
 # reach the lane path, which the randomized cases above rarely are. These cover lanes plus
 # leftovers, several heads, dilated residue classes of unequal length, head dims that are not a
-# multiple of the register blocking, and the band boundaries (bands of 8 rows).
+# multiple of the register blocking, and the boundaries of the row bands (8 to 16 rows).
 @pytest.mark.parametrize('shape,kernel_size,dilation', [
     ((2, 19, 41, 3, 5), (7, 7), (1, 1)),
     ((1, 12, 45, 2, 16), (5, 3), (1, 2)),

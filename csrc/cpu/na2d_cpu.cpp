@@ -449,6 +449,24 @@ inline std::pair<int64_t, int64_t> window_rows(const Band& band, const Geometry&
   return {(tab.rows.start[y0] - band.c) / g.dh, (tab.rows.start[y1] - band.c) / g.dh + g.kh};
 }
 
+// Fills k_rows and v_rows with the K and V lane rows that the windows of the band's rows read.
+template <typename Acc, typename T>
+void fill_window_rows(const Band& band, const Rows<T>& K, const Rows<T>& V, const Geometry& g,
+                      const Tables& tab, const LaneColumns& cols, LaneRows<Acc>& k_rows,
+                      LaneRows<Acc>& v_rows) {
+  const auto [first, end] = window_rows(band, g, tab);
+  k_rows.fill(K, g, cols, band.b, band.n, band.c, first, end);
+  v_rows.fill(V, g, cols, band.b, band.n, band.c, first, end);
+}
+
+// rpb[n][row of slot ki = 0 for map row y][r], or null without rpb: the interior lanes of row y
+// read slot (ki, kj) at ki * rpb_w + kj from there.
+template <typename T>
+const T* interior_rpb(const T* bias, int64_t n, int64_t y, const Geometry& g, const Tables& tab) {
+  return bias == nullptr ? nullptr
+                         : bias + (n * g.rpb_h() + tab.rows.rpb_base[y]) * g.rpb_w() + g.kw / 2;
+}
+
 // Class-row range [first, end) holding the queries whose windows hold the band's (key) rows.
 inline std::pair<int64_t, int64_t> inverse_rows(const Band& band, const Geometry& g,
                                                 const Tables& tab) {
@@ -758,16 +776,12 @@ std::tuple<at::Tensor, at::Tensor> na2d_forward_cpu(const at::Tensor& q_in, cons
     const int64_t scratch_size = std::max(kk + D, (kk + 2 * D) * L);
     auto forward_band = [&](const Band& band, Acc* scratch, LaneRows<Acc>& k_rows,
                             LaneRows<Acc>& v_rows) {
-      const auto [first, end] = window_rows(band, g, tab);
-      k_rows.fill(K, g, cols, band.b, band.n, band.c, first, end);
-      v_rows.fill(V, g, cols, band.b, band.n, band.c, first, end);
+      fill_window_rows(band, K, V, g, tab, cols, k_rows, v_rows);
       const int64_t b = band.b, n = band.n;
       for (int64_t j = band.j0; j < band.j1; ++j) {
         const int64_t y = band.c + j * g.dh;
         const int64_t ys = tab.rows.start[y];
-        // rpb[n][row of slot ki = 0][r]; interior lanes read slot (ki, kj) at ki * rpb_w + kj
-        const scalar_t* rpb_table = bias == nullptr ? nullptr
-            : bias + (n * g.rpb_h() + tab.rows.rpb_base[y]) * g.rpb_w() + g.kw / 2;
+        const scalar_t* rpb_table = interior_rpb(bias, n, y, g, tab);
         // overlapping lanes of a shifted last tile (first_lane > 0) rewrite equal values
         auto tile = [&](const int64_t* xs, int64_t col, int64_t /*first_lane*/) {
           const int64_t col0 = col - g.kw / 2;  // W' column of lane 0's first key
@@ -863,18 +877,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> na2d_backward_cpu(
     const int64_t scratch_size = std::max(2 * kk + D, (2 * kk + 4 * D) * L + kk);
     auto query_band = [&](const Band& band, Acc* scratch, LaneRows<Acc>& k_rows,
                           LaneRows<Acc>& v_rows) {
-      const auto [first, end] = window_rows(band, g, tab);
-      k_rows.fill(K, g, cols, band.b, band.n, band.c, first, end);
-      v_rows.fill(V, g, cols, band.b, band.n, band.c, first, end);
+      fill_window_rows(band, K, V, g, tab, cols, k_rows, v_rows);
       const int64_t b = band.b, n = band.n;
       for (int64_t j = band.j0; j < band.j1; ++j) {
         const int64_t y = band.c + j * g.dh;
         const int64_t ys = tab.rows.start[y];
         Acc* p_plane_row = P + (b * g.heads + n) * plane_size + y * kk * Wp;
         Acc* ds_plane_row = dS + (b * g.heads + n) * plane_size + y * kk * Wp;
-        // rpb[n][row of slot ki = 0][r]; interior lanes read slot (ki, kj) at ki * rpb_w + kj
-        const scalar_t* rpb_table = bias == nullptr ? nullptr
-            : bias + (n * g.rpb_h() + tab.rows.rpb_base[y]) * g.rpb_w() + g.kw / 2;
+        const scalar_t* rpb_table = interior_rpb(bias, n, y, g, tab);
         auto tile = [&](const int64_t* xs, int64_t col, int64_t first_lane) {
           const int64_t col0 = col - g.kw / 2;  // W' column of lane 0's first key
           Acc* p_t = scratch;

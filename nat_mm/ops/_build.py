@@ -15,8 +15,8 @@ DEFAULT_CUDA_ARCHS = '8.0;9.0'
 
 def cpu_flags() -> List[str]:
     """C++ flags: C++20 (torch 2.14's headers need it), -O3, vectorisable loops (OpenMP simd
-    pragmas; no errno or FP traps, so exp and selects vectorise), fused multiply-adds (gcc turns contraction off
-    in ISO C++ modes), and AVX2/FMA when this CPU has them.
+    pragmas; no errno or FP traps, so exp and selects vectorise), fused multiply-adds (gcc turns
+    contraction off in ISO C++ modes), and AVX2/FMA when this CPU has them.
 
     The extension is built on the machine that runs it (editable install or JIT), so the build
     machine's CPU decides. ``NAT_MM_CPU_FLAGS`` (space separated) replaces the ISA flags.
