@@ -32,7 +32,8 @@ def extensions():
     sources = [f'csrc/{s}' for s in build.CPU_SOURCES]
     with_cuda = cpp_extension.CUDA_HOME is not None and not os.environ.get('NAT_MM_NO_CUDA')
     kwargs = dict(include_dirs=[str(ROOT / 'csrc')],
-                  extra_compile_args={'cxx': build.cpu_flags()})
+                  extra_compile_args={'cxx': build.cpu_flags()},
+                  extra_link_args=build.cpu_link_flags())
     if not with_cuda:
         return [cpp_extension.CppExtension('nat_mm._C', sources, **kwargs)]
     if not torch.cuda.is_available() and not os.environ.get('TORCH_CUDA_ARCH_LIST'):

@@ -109,10 +109,7 @@ def test_na2d_dtypes(device, dtype, kernel_size, dilation):
                              device)
 
 
-@settings(deadline=None, max_examples=20)
-@given(case=na_cases())
-def test_qk_av_match_reference(case):
-    shape, kernel_size, dilation, with_rpb = case
+def assert_qk_av_match_reference(shape, kernel_size, dilation, with_rpb):
     q, k, v, rpb = make_inputs(shape, kernel_size, with_rpb=with_rpb)
     attn = na2d_qk(q, k, kernel_size, dilation, rpb)
     torch.testing.assert_close(attn, reference_logits(q, k, kernel_size, dilation, rpb))
@@ -127,6 +124,12 @@ def test_qk_av_match_reference(case):
     torch.testing.assert_close(
         torch.autograd.grad(out, (weights, v), g_out),
         torch.autograd.grad(reference_av(weights, v, kernel_size, dilation), (weights, v), g_out))
+
+
+@settings(deadline=None, max_examples=20)
+@given(case=na_cases())
+def test_qk_av_match_reference(case):
+    assert_qk_av_match_reference(*case)
 
 
 @pytest.mark.parametrize('with_rpb', [True, False], ids=['rpb', 'no_rpb'])
@@ -181,6 +184,27 @@ def test_rpb_grad_deterministic():
     for _ in range(3):
         again = torch.autograd.grad(na2d(q, k, v, 5, 2, rpb).sum(), rpb)[0]
         assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize('threads', [1, 2, 3])
+def test_na2d_thread_counts(threads):
+    # The row bands are split over the threads (3 does not divide the band count); drpb goes
+    # through per-thread buffers.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert_matches_reference(na2d, (2, 40, 45, 3, 16), (7, 7), (1, 2), True, torch.float32)
+        assert_qk_av_match_reference((1, 30, 20, 2, 8), (5, 5), (2, 1), True)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_build_uses_openmp():
+    # at::parallel_for (a header template) runs serially in a file compiled without OpenMP: the
+    # kernels were single-threaded until the build passed -fopenmp.
+    from nat_mm.ops._build import cpu_flags, cpu_link_flags
+
+    assert '-fopenmp' in cpu_flags() and '-fopenmp' in cpu_link_flags()
 
 
 class Attend(torch.nn.Module):

@@ -14,14 +14,17 @@ DEFAULT_CUDA_ARCHS = '8.0;9.0'
 
 
 def cpu_flags() -> List[str]:
-    """C++ flags: C++20 (torch 2.14's headers need it), -O3, vectorisable loops (OpenMP simd
-    pragmas; no errno or FP traps, so exp and selects vectorise), fused multiply-adds (gcc turns
-    contraction off in ISO C++ modes), and AVX2/FMA when this CPU has them.
+    """C++ flags: C++20 (torch 2.14's headers need it), -O3, OpenMP, vectorisable loops (no errno
+    or FP traps, so exp and selects vectorise), fused multiply-adds (gcc turns contraction off in
+    ISO C++ modes), and AVX2/FMA when this CPU has them.
+
+    ``-fopenmp`` is what makes the kernels multi-threaded: ``at::parallel_for`` is a header
+    template that runs its body serially unless the including file is compiled with OpenMP.
 
     The extension is built on the machine that runs it (editable install or JIT), so the build
     machine's CPU decides. ``NAT_MM_CPU_FLAGS`` (space separated) replaces the ISA flags.
     """
-    flags = ['-O3', '-std=c++20', '-fopenmp-simd', '-fno-math-errno', '-fno-trapping-math',
+    flags = ['-O3', '-std=c++20', '-fopenmp', '-fno-math-errno', '-fno-trapping-math',
              '-ffp-contract=fast']
     if 'NAT_MM_CPU_FLAGS' in os.environ:
         return flags + os.environ['NAT_MM_CPU_FLAGS'].split()
@@ -37,6 +40,11 @@ def cpu_flags() -> List[str]:
     if {'avx2', 'fma'} <= have:
         flags += ['-mavx2', '-mfma']
     return flags
+
+
+def cpu_link_flags() -> List[str]:
+    """Linker flags: OpenMP's runtime (libgomp.so.1, the one torch loads, so there is only one)."""
+    return ['-fopenmp']
 
 
 def cuda_flags() -> List[str]:

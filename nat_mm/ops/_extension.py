@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ._build import CPU_SOURCES, CSRC, cpu_flags
+from ._build import CPU_SOURCES, CSRC, cpu_flags, cpu_link_flags
 
 _BUILD_HINT = 'pip install --no-build-isolation -e . (or `make setup`) in the nat_mm checkout'
 _state = {'loaded': None, 'error': None}
@@ -29,6 +29,7 @@ def _jit_build() -> None:
         name='nat_mm_C_jit',
         sources=[str(CSRC / s) for s in CPU_SOURCES],
         extra_cflags=cpu_flags(),
+        extra_ldflags=cpu_link_flags(),
         extra_include_paths=[str(CSRC)],
         build_directory=str(cache),
         is_python_module=False,
