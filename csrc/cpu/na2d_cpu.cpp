@@ -392,7 +392,8 @@ template <typename Out, typename In, typename S>
 inline void transpose_block(const In* const* in, Out* const* out, S scale) {
   constexpr int64_t N = kLanes<S>;
 #if defined(__AVX__)
-  if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
+  if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float> &&
+                std::is_same_v<S, float>) {
     __m256 r[8], t[8];
     for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in[i]);
     for (int i = 0; i < 8; i += 2) {  // pairs of rows interleaved: (r0 r1) -> a0 b0 a1 b1 ...
