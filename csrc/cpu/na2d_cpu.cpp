@@ -20,7 +20,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
+#if defined(__AVX__)
+#include <immintrin.h>  // only the AVX transpose uses it; other CPUs take the element loop
+#endif
 
 #include <algorithm>
 #include <bit>
