@@ -21,6 +21,17 @@
 
 namespace nat_mm {
 
+// Sizes of one op call: q/k/v are [B, H, W, heads, D], kernel kh x kw, dilation dh x dw.
+struct Geometry {
+  int64_t B, H, W, heads, D;
+  int64_t kh, kw, dh, dw;
+  NAT_HOST_DEVICE int64_t kk() const { return kh * kw; }
+  NAT_HOST_DEVICE int64_t rows() const { return B * H * W * heads; }  // queries (and keys)
+  NAT_HOST_DEVICE int64_t rpb_h() const { return 2 * kh - 1; }
+  NAT_HOST_DEVICE int64_t rpb_w() const { return 2 * kw - 1; }
+  NAT_HOST_DEVICE int64_t rpb_bins() const { return rpb_h() * rpb_w(); }
+};
+
 // Position (not group index) of the first key in the window of query i.
 NAT_HOST_DEVICE int64_t window_start(int64_t i, int64_t L, int64_t k, int64_t d) {
   const int64_t c = i % d;
@@ -51,5 +62,23 @@ NAT_HOST_DEVICE int64_t inverse_end(int64_t j, int64_t L, int64_t k, int64_t d) 
 NAT_HOST_DEVICE int64_t window_slot(int64_t i, int64_t j, int64_t L, int64_t k, int64_t d) {
   return (j - window_start(i, L, k, d)) / d;
 }
+
+// The same rules in group coordinates, for kernels that work on one residue group at a time: the
+// group of residue c holds positions c, c + d, ..., a map of n = ceil((L - c) / d) group positions,
+// on which dilated NA is plain NA with kernel k (position = group position * d + c).
+
+// Group position of the first key in the window of group position p.
+NAT_HOST_DEVICE int group_window_start(int p, int n, int k) {
+  int s = p - k / 2;
+  if (s > n - k) s = n - k;
+  return s < 0 ? 0 : s;
+}
+
+// The group positions of the queries whose window holds group position j: [start, end).
+NAT_HOST_DEVICE int group_inverse_start(int j, int k) { return j < k ? 0 : j - k / 2; }
+NAT_HOST_DEVICE int group_inverse_end(int j, int n, int k) { return j >= n - k ? n : j + k / 2 + 1; }
+
+// Length of residue group c of an axis of length L with dilation d.
+NAT_HOST_DEVICE int group_length(int L, int c, int d) { return (L - c + d - 1) / d; }
 
 }  // namespace nat_mm

@@ -1,11 +1,10 @@
-// Schemas of nat_mm's dispatcher ops, declared once. Kernels register per device in
-// cpu/na2d_cpu.cpp and cuda/na2d_cuda.cu; fake kernels and autograd live in nat_mm/ops/_library.py.
-//
-// Layout is heads-last: q, k, v, out are [B, H, W, heads, D]; attn is [B, H, W, heads, kh * kw]
-// (row-major slot ki * kw + kj); rpb is [heads, 2 kh - 1, 2 kw - 1]; lse is [B, H, W, heads] (float32
-// for reduced precision inputs, else the input dtype). Ops never mutate their inputs.
+// The `nat_mm` op library: its schemas (na2d_schemas.h, shared with the CUDA emulator of the
+// tests) and has_cuda. Kernels register per device in cpu/na2d_cpu.cpp and cuda/na2d_cuda.cu; fake
+// kernels and autograd live in nat_mm/ops/_library.py.
 #include <Python.h>
 #include <torch/library.h>
+
+#include "na2d_schemas.h"
 
 namespace {
 bool has_cuda() {
@@ -18,30 +17,7 @@ bool has_cuda() {
 }  // namespace
 
 TORCH_LIBRARY(nat_mm, m) {
-  // Fused attention: softmax(scale * q.k + rpb) @ v. Returns (out, lse): lse is the log-sum-exp of
-  // the logits per query, kept for the backward.
-  m.def(
-      "na2d_forward(Tensor q, Tensor k, Tensor v, Tensor? rpb, int[2] kernel_size, "
-      "int[2] dilation, float scale) -> (Tensor, Tensor)");
-  // Returns (dq, dk, dv, drpb); drpb is an empty tensor when rpb is None.
-  m.def(
-      "na2d_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? rpb, Tensor out, "
-      "Tensor lse, int[2] kernel_size, int[2] dilation, float scale) -> (Tensor, Tensor, Tensor, "
-      "Tensor)");
-  // attn = q.k (no scale) + rpb.
-  m.def(
-      "na2d_qk_forward(Tensor q, Tensor k, Tensor? rpb, int[2] kernel_size, int[2] dilation) -> "
-      "Tensor");
-  // Returns (dq, dk, drpb); drpb is an empty tensor when has_rpb is false.
-  m.def(
-      "na2d_qk_backward(Tensor grad_attn, Tensor q, Tensor k, bool has_rpb, int[2] kernel_size, "
-      "int[2] dilation) -> (Tensor, Tensor, Tensor)");
-  // out = attn @ v over each query's neighbourhood.
-  m.def("na2d_av_forward(Tensor attn, Tensor v, int[2] kernel_size, int[2] dilation) -> Tensor");
-  // Returns (dattn, dv).
-  m.def(
-      "na2d_av_backward(Tensor grad_out, Tensor attn, Tensor v, int[2] kernel_size, "
-      "int[2] dilation) -> (Tensor, Tensor)");
+  nat_mm::define_na2d_schemas(m);
   // Whether this build has CUDA kernels.
   m.def("has_cuda() -> bool", &has_cuda);
 }

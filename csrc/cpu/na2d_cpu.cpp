@@ -33,20 +33,13 @@
 #include <utility>
 #include <vector>
 
+#include "na2d_checks.h"
 #include "na2d_index.h"
 
 namespace nat_mm {
 namespace {
 
 constexpr int64_t kGrain = 16;  // queries per parallel task: each costs kh*kw*D multiply-adds
-
-struct Geometry {
-  int64_t B, H, W, heads, D, kh, kw, dh, dw;
-  int64_t kk() const { return kh * kw; }
-  int64_t rpb_h() const { return 2 * kh - 1; }
-  int64_t rpb_w() const { return 2 * kw - 1; }
-  int64_t rows() const { return B * H * W * heads; }
-};
 
 // Decomposition of a flat query/key index over [B, H, W, heads].
 struct Pos {
@@ -106,44 +99,6 @@ struct Tables {
   AxisTables rows, cols;
   explicit Tables(const Geometry& g) : rows(g.H, g.kh, g.dh), cols(g.W, g.kw, g.dw) {}
 };
-
-void check_pair(const char* op, const char* name, at::IntArrayRef v, int64_t min_value) {
-  TORCH_CHECK(v.size() == 2, op, ": ", name, " must have 2 values, got ", v);
-  TORCH_CHECK(v[0] >= min_value && v[1] >= min_value, op, ": ", name, " must be >= ", min_value,
-              ", got ", v);
-}
-
-Geometry make_geometry(const char* op, const at::Tensor& t, at::IntArrayRef kernel_size,
-                       at::IntArrayRef dilation) {
-  TORCH_CHECK(t.dim() == 5, op, ": expected [B, H, W, heads, D], got shape ", t.sizes());
-  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
-  check_pair(op, "kernel_size", kernel_size, 1);
-  check_pair(op, "dilation", dilation, 1);
-  TORCH_CHECK(kernel_size[0] % 2 == 1 && kernel_size[1] % 2 == 1, op,
-              ": kernel_size must be odd, got ", kernel_size);
-  Geometry g{t.size(0), t.size(1), t.size(2), t.size(3), t.size(4),
-             kernel_size[0], kernel_size[1], dilation[0], dilation[1]};
-  TORCH_CHECK(g.H >= g.kh * g.dh && g.W >= g.kw * g.dw, op,
-              ": kernel_size * dilation must be <= the map size on each axis, got kernel_size=",
-              kernel_size, ", dilation=", dilation, ", (H, W)=(", g.H, ", ", g.W, ")");
-  return g;
-}
-
-void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
-                at::IntArrayRef shape) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), ", got ",
-              t.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have dtype ",
-              ref.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
-              t.sizes());
-}
-
-void check_rpb(const char* op, const at::Tensor& rpb, const at::Tensor& q, const Geometry& g) {
-  check_like(op, "rpb", rpb, q, {g.heads, g.rpb_h(), g.rpb_w()});
-}
-
-std::vector<int64_t> attn_shape(const Geometry& g) { return {g.B, g.H, g.W, g.heads, g.kk()}; }
 
 // Runs fn(pos, flat_index, scratch) for every row of [B, H, W, heads] in parallel; scratch is a
 // per-task buffer of scratch_size values.
@@ -333,9 +288,6 @@ struct RpbGrad {
   }
 };
 
-at::ScalarType opmath_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Lane tiles: the interior of every map row, kLanes queries at a time.
@@ -836,15 +788,11 @@ std::tuple<at::Tensor, at::Tensor> na2d_forward_cpu(const at::Tensor& q_in, cons
                                                     at::IntArrayRef kernel_size,
                                                     at::IntArrayRef dilation, double scale) {
   constexpr const char* op = "na2d_forward_cpu";
-  const Geometry g = make_geometry(op, q_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, q_in, kernel_size, dilation, c10::DeviceType::CPU);
   check_like(op, "k", k_in, q_in, q_in.sizes());
   check_like(op, "v", v_in, q_in, q_in.sizes());
   at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
-  at::Tensor rpb;
-  if (rpb_in.has_value()) {
-    check_rpb(op, *rpb_in, q_in, g);
-    rpb = rpb_in->contiguous();
-  }
+  const at::Tensor rpb = checked_rpb(op, rpb_in, q_in, g);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse =
       at::empty({g.B, g.H, g.W, g.heads}, q.options().dtype(opmath_dtype(q.scalar_type())));
@@ -920,21 +868,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> na2d_backward_cpu(
     const at::Tensor& lse_in, at::IntArrayRef kernel_size, at::IntArrayRef dilation,
     double scale) {
   constexpr const char* op = "na2d_backward_cpu";
-  const Geometry g = make_geometry(op, q_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, q_in, kernel_size, dilation, c10::DeviceType::CPU);
   for (auto [name, t] : {std::pair{"k", &k_in}, {"v", &v_in}, {"out", &out_in},
                          {"grad_out", &grad_out_in}})
     check_like(op, name, *t, q_in, q_in.sizes());
-  TORCH_CHECK(lse_in.sizes() == at::IntArrayRef({g.B, g.H, g.W, g.heads}) &&
-                  lse_in.scalar_type() == opmath_dtype(q_in.scalar_type()),
-              op, ": lse must be [B, H, W, heads] of the op-math dtype, got ", lse_in.sizes(), " ",
-              lse_in.scalar_type());
+  check_lse(op, lse_in, q_in, g);
   at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
   at::Tensor out = unit_last_stride(out_in), dout = unit_last_stride(grad_out_in);
-  at::Tensor lse = lse_in.contiguous(), rpb;
-  if (rpb_in.has_value()) {
-    check_rpb(op, *rpb_in, q_in, g);
-    rpb = rpb_in->contiguous();
-  }
+  const at::Tensor lse = lse_in.contiguous();
+  const at::Tensor rpb = checked_rpb(op, rpb_in, q_in, g);
   at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(q.sizes(), q.options());
   at::Tensor dv = at::empty(q.sizes(), q.options()), drpb = at::empty({0}, q.options());
   const auto acc_options = q.options().dtype(opmath_dtype(q.scalar_type()));
@@ -1078,13 +1020,10 @@ at::Tensor na2d_qk_forward_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                const std::optional<at::Tensor>& rpb_in,
                                at::IntArrayRef kernel_size, at::IntArrayRef dilation) {
   constexpr const char* op = "na2d_qk_forward_cpu";
-  const Geometry g = make_geometry(op, q_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, q_in, kernel_size, dilation, c10::DeviceType::CPU);
   check_like(op, "k", k_in, q_in, q_in.sizes());
-  at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), rpb;
-  if (rpb_in.has_value()) {
-    check_rpb(op, *rpb_in, q_in, g);
-    rpb = rpb_in->contiguous();
-  }
+  at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in);
+  const at::Tensor rpb = checked_rpb(op, rpb_in, q_in, g);
   at::Tensor attn = at::empty(attn_shape(g), q.options());
   const Tables tab(g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), op, [&] {
@@ -1105,7 +1044,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> na2d_qk_backward_cpu(
     const at::Tensor& grad_attn_in, const at::Tensor& q_in, const at::Tensor& k_in, bool has_rpb,
     at::IntArrayRef kernel_size, at::IntArrayRef dilation) {
   constexpr const char* op = "na2d_qk_backward_cpu";
-  const Geometry g = make_geometry(op, q_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, q_in, kernel_size, dilation, c10::DeviceType::CPU);
   check_like(op, "k", k_in, q_in, q_in.sizes());
   check_like(op, "grad_attn", grad_attn_in, q_in, attn_shape(g));
   at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in);
@@ -1141,7 +1080,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> na2d_qk_backward_cpu(
 at::Tensor na2d_av_forward_cpu(const at::Tensor& attn_in, const at::Tensor& v_in,
                                at::IntArrayRef kernel_size, at::IntArrayRef dilation) {
   constexpr const char* op = "na2d_av_forward_cpu";
-  const Geometry g = make_geometry(op, v_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, v_in, kernel_size, dilation, c10::DeviceType::CPU);
   check_like(op, "attn", attn_in, v_in, attn_shape(g));
   at::Tensor v = unit_last_stride(v_in), attn = attn_in.contiguous();
   at::Tensor out = at::empty(v.sizes(), v.options());
@@ -1168,7 +1107,7 @@ std::tuple<at::Tensor, at::Tensor> na2d_av_backward_cpu(const at::Tensor& grad_o
                                                         at::IntArrayRef kernel_size,
                                                         at::IntArrayRef dilation) {
   constexpr const char* op = "na2d_av_backward_cpu";
-  const Geometry g = make_geometry(op, v_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, v_in, kernel_size, dilation, c10::DeviceType::CPU);
   check_like(op, "attn", attn_in, v_in, attn_shape(g));
   check_like(op, "grad_out", grad_out_in, v_in, v_in.sizes());
   at::Tensor v = unit_last_stride(v_in), attn = attn_in.contiguous();
