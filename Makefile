@@ -2,10 +2,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nat_mm_setup_done
-CSRC := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu)
+CSRC := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast test-cuda-asan demo bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,14 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# The emulated CUDA kernels (tests/cuda_emu) built with AddressSanitizer: out-of-bounds global or
+# shared memory accesses of the real .cu abort with a report (-s: pytest would swallow it). libasan
+# must be loaded first.
+test-cuda-asan: setup
+	NAT_EMU_ASAN=1 LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 \
+	$(PY) -m pytest tests/test_cuda_emu.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) tools/run_demo.py

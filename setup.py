@@ -1,12 +1,15 @@
 """Build and install nat_mm and its ``nat_mm._C`` extension.
 
 The CPU kernels are always built. The CUDA kernels are built when a CUDA toolkit is found
-(``CUDA_HOME`` / nvcc) unless ``NAT_MM_NO_CUDA=1``; with no GPU visible, ``TORCH_CUDA_ARCH_LIST``
-defaults to sm_80 and sm_90. Build with ``pip install --no-build-isolation -e .`` so the
+(``CUDA_HOME`` / nvcc) unless ``NAT_MM_NO_CUDA=1``. With a GPU visible, torch builds for that GPU;
+with none visible and no ``TORCH_CUDA_ARCH_LIST`` set, the build must still run on every GPU that
+torch 2.14 supports, so it defaults to ``7.5;8.0;9.0;10.0;12.0+PTX`` (``_build.DEFAULT_CUDA_ARCHS``):
+one cubin per major family (a cubin runs on later minor revisions of its major: 8.0 on 8.6 and
+8.9), PTX of the newest for later GPUs, and no extra cubins for minor revisions, since each arch
+adds its own nvcc pass to every build. Build with ``pip install --no-build-isolation -e .`` so the
 extension compiles against the installed torch.
 """
 import importlib.util
-import os
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -23,26 +26,19 @@ def _load_build_settings():
 
 def extensions():
     build = _load_build_settings()
-    cuda_home = build.find_cuda_home()
-    if cuda_home and not os.environ.get('CUDA_HOME'):
-        os.environ['CUDA_HOME'] = cuda_home  # before torch.utils.cpp_extension reads it
-    import torch
+    build.settle_cuda_home()  # before torch.utils.cpp_extension reads CUDA_HOME
     from torch.utils import cpp_extension
 
-    sources = [f'csrc/{s}' for s in build.CPU_SOURCES]
-    with_cuda = cpp_extension.CUDA_HOME is not None and not os.environ.get('NAT_MM_NO_CUDA')
-    kwargs = dict(include_dirs=[str(ROOT / 'csrc')],
-                  extra_compile_args={'cxx': build.cpu_flags()},
-                  extra_link_args=build.cpu_link_flags())
-    if not with_cuda:
-        return [cpp_extension.CppExtension('nat_mm._C', sources, **kwargs)]
-    if not torch.cuda.is_available() and not os.environ.get('TORCH_CUDA_ARCH_LIST'):
-        os.environ['TORCH_CUDA_ARCH_LIST'] = build.DEFAULT_CUDA_ARCHS
-    sources += [f'csrc/{s}' for s in build.CUDA_SOURCES]
-    kwargs['include_dirs'] += build.cuda_library_includes(cpp_extension.CUDA_HOME)
-    kwargs['extra_compile_args'] = {'cxx': build.cpu_flags() + ['-DNAT_MM_WITH_CUDA'],
-                                    'nvcc': build.cuda_flags()}
-    return [cpp_extension.CUDAExtension('nat_mm._C', sources, **kwargs)]
+    config = build.extension_config(cpp_extension.CUDA_HOME)
+    kwargs = dict(include_dirs=config['include_dirs'], extra_link_args=config['link_flags'])
+    if not config['with_cuda']:
+        return [cpp_extension.CppExtension('nat_mm._C', config['sources'],
+                                           extra_compile_args={'cxx': config['cxx_flags']},
+                                           **kwargs)]
+    return [cpp_extension.CUDAExtension('nat_mm._C', config['sources'],
+                                        extra_compile_args={'cxx': config['cxx_flags'],
+                                                            'nvcc': config['cuda_flags']},
+                                        **kwargs)]
 
 
 def main():

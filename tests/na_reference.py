@@ -7,6 +7,10 @@ import math
 
 import torch
 
+# Tolerances against the oracle, per input dtype, shared by every backend's tests.
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=2e-5, rtol=2e-5),
+       torch.bfloat16: dict(atol=3e-2, rtol=3e-2), torch.float16: dict(atol=5e-3, rtol=5e-3)}
+
 
 def axis_windows(length, kernel, dilation):
     """For each query position on one axis: its k key positions and their rpb indices."""

@@ -1,6 +1,8 @@
 // CUDA kernels of nat_mm's 2-D neighborhood attention ops (schemas in csrc/ops.cpp).
 //
-// The reference CUDA path: correct and clear first, a fused 2-D-tiled kernel is a later step.
+// The reference CUDA path: correct and clear. na2d_forward / na2d_backward take the fused, tiled
+// kernels of na2d_tiled.cu where they apply (NAT_MM_CUDA_KERNEL selects; see na2d_tiled.h) and
+// these otherwise; the unfused qk / av ops always run here.
 // Layout is heads-last: q, k, v, out are [B, H, W, heads, D] (any strides on B, H, W, heads; D is
 // made stride-1); attn, P and dS are [B, H, W, heads, kh * kw] with slot ki * kw + kj; rpb is
 // [heads, 2 kh - 1, 2 kw - 1]. Queries are numbered i = ((b * H + y) * W + x) * heads + h.
@@ -22,42 +24,28 @@
 #include <tuple>
 #include <vector>
 
+#include "cuda/common.cuh"
+#include "cuda/launch.h"
+#include "cuda/na2d_tiled.h"
+#include "na2d_checks.h"
 #include "na2d_index.h"
 
 namespace nat_mm {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride loops cover the rest
+constexpr int64_t kMaxBlocks = NAT_MAX_BLOCKS;  // grid-stride loops cover the rest
 constexpr int64_t kMaxSharedBytes = 48 * 1024;    // default dynamic shared memory limit
 
 // ---------------------------------------------------------------------------------------------
-// Geometry and strided access (host and device).
-
-struct Geom {
-  int64_t B, H, W, heads, D;
-  int64_t kh, kw, dh, dw;
-  NAT_HOST_DEVICE int64_t kk() const { return kh * kw; }
-  NAT_HOST_DEVICE int64_t queries() const { return B * H * W * heads; }
-  NAT_HOST_DEVICE int64_t rpb_bins() const { return (2 * kh - 1) * (2 * kw - 1); }
-};
-
-// A [B, H, W, heads, D] tensor with arbitrary element strides on its first four axes, D stride-1.
-template <typename T>
-struct Map5 {
-  const T* p;
-  int64_t sb, sy, sx, sh;
-  NAT_HOST_DEVICE const T* row(int64_t b, int64_t y, int64_t x, int64_t h) const {
-    return p + b * sb + y * sy + x * sx + h * sh;
-  }
-};
+// Positions (host and device).
 
 // Coordinates of query (or key) number i.
 struct Pos {
   int64_t b, y, x, h;
 };
 
-NAT_HOST_DEVICE Pos unflatten(int64_t i, const Geom& g) {
+NAT_HOST_DEVICE Pos unflatten(int64_t i, const Geometry& g) {
   Pos p;
   p.h = i % g.heads;
   i /= g.heads;
@@ -68,21 +56,16 @@ NAT_HOST_DEVICE Pos unflatten(int64_t i, const Geom& g) {
   return p;
 }
 
-NAT_HOST_DEVICE int64_t flatten(int64_t b, int64_t y, int64_t x, int64_t h, const Geom& g) {
+NAT_HOST_DEVICE int64_t flatten(int64_t b, int64_t y, int64_t x, int64_t h, const Geometry& g) {
   return ((b * g.H + y) * g.W + x) * g.heads + h;
 }
-
-NAT_HOST_DEVICE float nat_exp(float x) { return expf(x); }
-NAT_HOST_DEVICE double nat_exp(double x) { return exp(x); }
-NAT_HOST_DEVICE float nat_log(float x) { return logf(x); }
-NAT_HOST_DEVICE double nat_log(double x) { return log(x); }
 
 // ---------------------------------------------------------------------------------------------
 // Per-element bodies (host and device).
 
 // alpha * <a_i, b_key> (+ rpb) for slot n of query p: a logit (a = q, b = k) or dP (a = dO, b = v).
 template <typename Acc, typename T>
-NAT_HOST_DEVICE Acc window_dot(const Geom& g, Map5<T> a, Map5<T> b, const T* rpb, Acc alpha,
+NAT_HOST_DEVICE Acc window_dot(const Geometry& g, Map5<T> a, Map5<T> b, const T* rpb, Acc alpha,
                                const Pos& p, int64_t n) {
   const int64_t ky = window_start(p.y, g.H, g.kh, g.dh) + (n / g.kw) * g.dh;
   const int64_t kx = window_start(p.x, g.W, g.kw, g.dw) + (n % g.kw) * g.dw;
@@ -101,7 +84,7 @@ NAT_HOST_DEVICE Acc window_dot(const Geom& g, Map5<T> a, Map5<T> b, const T* rpb
 
 // sum_n w_row[n] * src_key(p, n)[d]: out = P @ V, dQ = dS @ K.
 template <typename Acc, typename Wt, typename T>
-NAT_HOST_DEVICE Acc window_sum(const Geom& g, const Wt* w_row, Map5<T> src, const Pos& p,
+NAT_HOST_DEVICE Acc window_sum(const Geometry& g, const Wt* w_row, Map5<T> src, const Pos& p,
                                int64_t d) {
   const int64_t y0 = window_start(p.y, g.H, g.kh, g.dh);
   const int64_t x0 = window_start(p.x, g.W, g.kw, g.dw);
@@ -118,7 +101,7 @@ NAT_HOST_DEVICE Acc window_sum(const Geom& g, const Wt* w_row, Map5<T> src, cons
 // sum over the queries i whose window holds key j of w[i, slot(i, j)] * src_i[d]: dK = dS^T Q,
 // dV = P^T dO. w is [queries, kh * kw] contiguous.
 template <typename Acc, typename Wt, typename T>
-NAT_HOST_DEVICE Acc inverse_sum(const Geom& g, const Wt* w, Map5<T> src, const Pos& j, int64_t d) {
+NAT_HOST_DEVICE Acc inverse_sum(const Geometry& g, const Wt* w, Map5<T> src, const Pos& j, int64_t d) {
   const int64_t y_end = inverse_end(j.y, g.H, g.kh, g.dh);
   const int64_t x_begin = inverse_start(j.x, g.W, g.kw, g.dw);
   const int64_t x_end = inverse_end(j.x, g.W, g.kw, g.dw);
@@ -166,7 +149,7 @@ NAT_HOST_DEVICE void slot_table_row(int64_t pos, int64_t L, int64_t k, int64_t d
 
 // Sum of w over all queries in map row y and head h whose slot maps to rpb entry `bin`.
 template <typename Acc, typename Wt>
-NAT_HOST_DEVICE Acc drpb_row_sum(const Geom& g, const Wt* w, const int32_t* row_tab,
+NAT_HOST_DEVICE Acc drpb_row_sum(const Geometry& g, const Wt* w, const int32_t* row_tab,
                                  const int32_t* col_tab, int64_t y, int64_t h, int64_t bin) {
   const int64_t nbc = 2 * g.kw - 1;
   const int64_t ki = row_tab[y * (2 * g.kh - 1) + bin / nbc];
@@ -185,8 +168,6 @@ NAT_HOST_DEVICE Acc drpb_row_sum(const Geom& g, const Wt* w, const int32_t* row_
 // ---------------------------------------------------------------------------------------------
 // Kernels.
 
-NAT_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 #define NAT_GRID_STRIDE_LOOP(t, n)                                          \
   for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < (n); \
        t += int64_t(gridDim.x) * blockDim.x)
@@ -196,11 +177,11 @@ NAT_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b;
 // (query, d) writes out = P @ V.
 template <typename T, typename Acc = at::opmath_type<T>>
 __global__ void __launch_bounds__(kThreads)
-    na2d_forward_kernel(Geom g, Map5<T> q, Map5<T> k, Map5<T> v, const T* rpb, Acc scale,
+    na2d_forward_kernel(Geometry g, Map5<T> q, Map5<T> k, Map5<T> v, const T* rpb, Acc scale,
                         int64_t qpb, T* out, Acc* lse) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  NAT_DYNAMIC_SHARED(unsigned char, smem_raw);
   Acc* logits = reinterpret_cast<Acc*>(smem_raw);  // [qpb, kk]
-  const int64_t nq = g.queries(), kk = g.kk();
+  const int64_t nq = g.rows(), kk = g.kk();
   for (int64_t q0 = int64_t(blockIdx.x) * qpb; q0 < nq; q0 += int64_t(gridDim.x) * qpb) {
     const int64_t nb = nq - q0 < qpb ? nq - q0 : qpb;
     for (int64_t t = threadIdx.x; t < nb * kk; t += blockDim.x) {
@@ -224,11 +205,11 @@ __global__ void __launch_bounds__(kThreads)
 // P and dS ([queries, kk], Acc) for pass 2 and dQ = scale * dS @ K.
 template <typename T, typename Acc = at::opmath_type<T>>
 __global__ void __launch_bounds__(kThreads)
-    na2d_backward_query_kernel(Geom g, Map5<T> q, Map5<T> k, Map5<T> v, Map5<T> dout, const T* rpb,
+    na2d_backward_query_kernel(Geometry g, Map5<T> q, Map5<T> k, Map5<T> v, Map5<T> dout, const T* rpb,
                                const Acc* lse, Acc scale, int64_t qpb, Acc* p_buf, Acc* ds_buf,
                                T* dq) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int64_t nq = g.queries(), kk = g.kk();
+  NAT_DYNAMIC_SHARED(unsigned char, smem_raw);
+  const int64_t nq = g.rows(), kk = g.kk();
   Acc* p_s = reinterpret_cast<Acc*>(smem_raw);  // [qpb, kk]
   Acc* ds_s = p_s + qpb * kk;                   // [qpb, kk]: dP, then dS
   for (int64_t q0 = int64_t(blockIdx.x) * qpb; q0 < nq; q0 += int64_t(gridDim.x) * qpb) {
@@ -259,8 +240,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // dst[i, n] = alpha * a_i . b_key(i, n) (+ rpb): qk forward, dattn of av backward.
 template <typename T, typename Acc = at::opmath_type<T>>
-__global__ void window_dot_kernel(Geom g, Map5<T> a, Map5<T> b, const T* rpb, Acc alpha, T* dst) {
-  NAT_GRID_STRIDE_LOOP(t, g.queries() * g.kk()) {
+__global__ void window_dot_kernel(Geometry g, Map5<T> a, Map5<T> b, const T* rpb, Acc alpha, T* dst) {
+  NAT_GRID_STRIDE_LOOP(t, g.rows() * g.kk()) {
     dst[t] =
         static_cast<T>(window_dot<Acc>(g, a, b, rpb, alpha, unflatten(t / g.kk(), g), t % g.kk()));
   }
@@ -268,8 +249,8 @@ __global__ void window_dot_kernel(Geom g, Map5<T> a, Map5<T> b, const T* rpb, Ac
 
 // dst[i, d] = alpha * sum_n w[i, n] src_key(i, n)[d]: av forward, dq of qk backward.
 template <typename Wt, typename T, typename Acc = at::opmath_type<T>>
-__global__ void window_sum_kernel(Geom g, const Wt* w, Map5<T> src, Acc alpha, T* dst) {
-  NAT_GRID_STRIDE_LOOP(t, g.queries() * g.D) {
+__global__ void window_sum_kernel(Geometry g, const Wt* w, Map5<T> src, Acc alpha, T* dst) {
+  NAT_GRID_STRIDE_LOOP(t, g.rows() * g.D) {
     const int64_t i = t / g.D;
     dst[t] =
         static_cast<T>(alpha * window_sum<Acc>(g, w + i * g.kk(), src, unflatten(i, g), t % g.D));
@@ -278,8 +259,8 @@ __global__ void window_sum_kernel(Geom g, const Wt* w, Map5<T> src, Acc alpha, T
 
 // dst[j, d] = alpha * sum_{i: j in window(i)} w[i, slot(i, j)] src_i[d]: dk and dv.
 template <typename Wt, typename T, typename Acc = at::opmath_type<T>>
-__global__ void inverse_sum_kernel(Geom g, const Wt* w, Map5<T> src, Acc alpha, T* dst) {
-  NAT_GRID_STRIDE_LOOP(t, g.queries() * g.D) {
+__global__ void inverse_sum_kernel(Geometry g, const Wt* w, Map5<T> src, Acc alpha, T* dst) {
+  NAT_GRID_STRIDE_LOOP(t, g.rows() * g.D) {
     dst[t] = static_cast<T>(alpha * inverse_sum<Acc>(g, w, src, unflatten(t / g.D, g), t % g.D));
   }
 }
@@ -290,7 +271,7 @@ __global__ void slot_table_kernel(int64_t L, int64_t k, int64_t d, int32_t* tabl
 
 // One block per (map row y, head h): partial[y, h, bin] = sum over b, x of the matching w entries.
 template <typename Wt, typename Acc>
-__global__ void drpb_partial_kernel(Geom g, const Wt* w, const int32_t* row_tab,
+__global__ void drpb_partial_kernel(Geometry g, const Wt* w, const int32_t* row_tab,
                                     const int32_t* col_tab, Acc* partial) {
   const int64_t r = blockIdx.x;  // y * heads + h
   const int64_t y = r / g.heads, h = r % g.heads;
@@ -301,7 +282,7 @@ __global__ void drpb_partial_kernel(Geom g, const Wt* w, const int32_t* row_tab,
 
 // drpb[h, bin] = sum over y (in order) of partial[y, h, bin].
 template <typename T, typename Acc>
-__global__ void drpb_reduce_kernel(Geom g, const Acc* partial, T* drpb) {
+__global__ void drpb_reduce_kernel(Geometry g, const Acc* partial, T* drpb) {
   const int64_t nbins = g.rpb_bins();
   NAT_GRID_STRIDE_LOOP(t, g.heads * nbins) {
     Acc s = 0;
@@ -319,105 +300,49 @@ int64_t group_blocks(int64_t queries, int64_t qpb) {
   return std::min(ceil_div(queries, qpb), kMaxBlocks);
 }
 
-Geom make_geom(const char* op, const at::Tensor& t, at::IntArrayRef kernel_size,
-               at::IntArrayRef dilation) {
-  TORCH_CHECK(t.dim() == 5, op, ": expected [B, H, W, heads, D], got shape ", t.sizes());
-  TORCH_CHECK(t.is_cuda(), op, ": expected CUDA tensors, got ", t.device());
-  const auto dtype = t.scalar_type();
-  TORCH_CHECK(
-      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-      op, ": dtype must be float32, float64, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK(kernel_size.size() == 2 && dilation.size() == 2, op,
-              ": kernel_size and dilation must have 2 values, got ", kernel_size, " and ",
-              dilation);
-  TORCH_CHECK(kernel_size[0] >= 1 && kernel_size[1] >= 1 && kernel_size[0] % 2 == 1 &&
-                  kernel_size[1] % 2 == 1,
-              op, ": kernel_size must be odd and positive, got ", kernel_size);
-  TORCH_CHECK(dilation[0] >= 1 && dilation[1] >= 1, op, ": dilation must be >= 1, got ", dilation);
-  Geom g{t.size(0),      t.size(1),      t.size(2),   t.size(3),  t.size(4),
-         kernel_size[0], kernel_size[1], dilation[0], dilation[1]};
-  TORCH_CHECK(g.H >= g.kh * g.dh && g.W >= g.kw * g.dw, op,
-              ": kernel_size * dilation must be <= the map size on each axis, got kernel_size=",
-              kernel_size, ", dilation=", dilation, ", (H, W)=(", g.H, ", ", g.W, ")");
-  return g;
-}
-
-void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
-                at::IntArrayRef shape) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), ", got ",
-              t.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have dtype ",
-              ref.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-}
-
-std::vector<int64_t> attn_shape(const Geom& g) { return {g.B, g.H, g.W, g.heads, g.kk()}; }
-
-// D must be stride-1; the other axes may have any strides.
-at::Tensor last_dim_dense(const at::Tensor& t) {
-  return (t.size(4) <= 1 || t.stride(4) == 1) ? t : t.contiguous();
-}
-
-template <typename T>
-Map5<T> map5(const at::Tensor& t) {
-  return {t.const_data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
-
-// Contiguous rpb, or an undefined tensor when there is none.
-at::Tensor checked_rpb(const char* op, const std::optional<at::Tensor>& rpb, const at::Tensor& q,
-                       const Geom& g) {
-  if (!rpb.has_value() || !rpb->defined()) return at::Tensor();
-  check_like(op, "rpb", *rpb, q, {g.heads, 2 * g.kh - 1, 2 * g.kw - 1});
-  return rpb->contiguous();
-}
-
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
-}
-
 // Queries per block of the fused kernels: about kThreads / D, within the shared memory limit.
-int64_t queries_per_block(const char* op, const Geom& g, int64_t bytes_per_slot) {
+int64_t queries_per_block(const char* op, const Geometry& g, int64_t bytes_per_slot) {
   const int64_t fit = kMaxSharedBytes / (g.kk() * bytes_per_slot);
   TORCH_CHECK(fit >= 1, op, ": kernel_size ", g.kh, "x", g.kw, " is too large for this kernel");
   return std::clamp<int64_t>(kThreads / std::max<int64_t>(g.D, 1), 1, std::min<int64_t>(32, fit));
 }
 
 template <typename Wt, typename T>
-void launch_window_sum(const Geom& g, const Wt* w, const at::Tensor& src, double alpha,
+void launch_window_sum(const Geometry& g, const Wt* w, const at::Tensor& src, double alpha,
                        at::Tensor& dst) {
   if (dst.numel() == 0) return;
   using Acc = at::opmath_type<T>;
-  window_sum_kernel<Wt, T>
-      <<<num_blocks(dst.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          g, w, map5<T>(src), static_cast<Acc>(alpha), dst.mutable_data_ptr<T>());
+  NAT_LAUNCH(num_blocks(dst.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream(),
+             window_sum_kernel<Wt, T>)(g, w, map5<T>(src), static_cast<Acc>(alpha),
+                                       dst.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename Wt, typename T>
-void launch_inverse_sum(const Geom& g, const Wt* w, const at::Tensor& src, double alpha,
+void launch_inverse_sum(const Geometry& g, const Wt* w, const at::Tensor& src, double alpha,
                         at::Tensor& dst) {
   if (dst.numel() == 0) return;
   using Acc = at::opmath_type<T>;
-  inverse_sum_kernel<Wt, T>
-      <<<num_blocks(dst.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          g, w, map5<T>(src), static_cast<Acc>(alpha), dst.mutable_data_ptr<T>());
+  NAT_LAUNCH(num_blocks(dst.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream(),
+             inverse_sum_kernel<Wt, T>)(g, w, map5<T>(src), static_cast<Acc>(alpha),
+                                        dst.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
-void launch_window_dot(const Geom& g, const at::Tensor& a, const at::Tensor& b, const T* rpb,
+void launch_window_dot(const Geometry& g, const at::Tensor& a, const at::Tensor& b, const T* rpb,
                        at::Tensor& dst) {
   if (dst.numel() == 0) return;
   using Acc = at::opmath_type<T>;
-  window_dot_kernel<T><<<num_blocks(dst.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      g, map5<T>(a), map5<T>(b), rpb, Acc(1), dst.mutable_data_ptr<T>());
+  NAT_LAUNCH(num_blocks(dst.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream(),
+             window_dot_kernel<T>)(g, map5<T>(a), map5<T>(b), rpb, Acc(1),
+                                   dst.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor slot_table(int64_t L, int64_t k, int64_t d, const at::TensorOptions& options) {
   at::Tensor table = at::empty({L, 2 * k - 1}, options.dtype(at::kInt));
-  slot_table_kernel<<<num_blocks(L), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  NAT_LAUNCH(num_blocks(L), kThreads, 0, at::cuda::getCurrentCUDAStream(), slot_table_kernel)(
       L, k, d, table.mutable_data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return table;
@@ -425,20 +350,20 @@ at::Tensor slot_table(int64_t L, int64_t k, int64_t d, const at::TensorOptions& 
 
 // drpb [heads, 2 kh - 1, 2 kw - 1] (dtype T) from w = dS [queries, kk] (dtype Wt), in fixed order.
 template <typename Wt, typename T>
-at::Tensor reduce_drpb(const Geom& g, const Wt* w, const at::TensorOptions& options) {
+at::Tensor reduce_drpb(const Geometry& g, const Wt* w, const at::TensorOptions& options) {
   using Acc = at::opmath_type<T>;
   at::Tensor drpb = at::zeros({g.heads, 2 * g.kh - 1, 2 * g.kw - 1}, options);
-  if (g.queries() == 0) return drpb;
+  if (g.rows() == 0) return drpb;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const at::Tensor row_tab = slot_table(g.H, g.kh, g.dh, options);
   const at::Tensor col_tab = slot_table(g.W, g.kw, g.dw, options);
   at::Tensor partial =
       at::empty({g.H, g.heads, g.rpb_bins()}, options.dtype(c10::CppTypeToScalarType<Acc>::value));
-  drpb_partial_kernel<Wt, Acc><<<g.H * g.heads, kThreads, 0, stream>>>(
+  NAT_LAUNCH(g.H * g.heads, kThreads, 0, stream, drpb_partial_kernel<Wt, Acc>)(
       g, w, row_tab.const_data_ptr<int32_t>(), col_tab.const_data_ptr<int32_t>(),
       partial.mutable_data_ptr<Acc>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  drpb_reduce_kernel<T, Acc><<<num_blocks(drpb.numel()), kThreads, 0, stream>>>(
+  NAT_LAUNCH(num_blocks(drpb.numel()), kThreads, 0, stream, drpb_reduce_kernel<T, Acc>)(
       g, partial.const_data_ptr<Acc>(), drpb.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return drpb;
@@ -455,21 +380,25 @@ std::tuple<at::Tensor, at::Tensor> na2d_forward_cuda(const at::Tensor& q_in, con
                                                      at::IntArrayRef kernel_size,
                                                      at::IntArrayRef dilation, double scale) {
   constexpr const char* op = "na2d_forward_cuda";
-  const Geom g = make_geom(op, q_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, q_in, kernel_size, dilation, NAT_MM_CUDA_DEVICE_TYPE);
   check_like(op, "k", k_in, q_in, q_in.sizes());
   check_like(op, "v", v_in, q_in, q_in.sizes());
   c10::cuda::CUDAGuard device_guard(q_in.device());
   const at::Tensor q = last_dim_dense(q_in), k = last_dim_dense(k_in), v = last_dim_dense(v_in);
-  const at::Tensor rpb = checked_rpb(op, rpb_in, q, g);
+  const at::Tensor rpb = checked_rpb(op, rpb_in, q_in, g);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse =
-      at::empty({g.B, g.H, g.W, g.heads}, q.options().dtype(at::toOpMathType(q.scalar_type())));
-  if (g.queries() == 0) return {out, lse};
+      at::empty({g.B, g.H, g.W, g.heads}, q.options().dtype(opmath_dtype(q.scalar_type())));
+  if (g.rows() == 0) return {out, lse};
+  if (tiled_applies(op, g, q.scalar_type(), rpb.defined())) {
+    na2d_forward_tiled(g, q, k, v, rpb, scale, out, lse);
+    return {out, lse};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), op, [&] {
     using Acc = at::opmath_type<scalar_t>;
     const int64_t qpb = queries_per_block(op, g, sizeof(Acc));
-    na2d_forward_kernel<scalar_t><<<group_blocks(g.queries(), qpb), kThreads,
-                                    qpb * g.kk() * sizeof(Acc), at::cuda::getCurrentCUDAStream()>>>(
+    NAT_LAUNCH(group_blocks(g.rows(), qpb), kThreads, qpb * g.kk() * sizeof(Acc),
+               at::cuda::getCurrentCUDAStream(), na2d_forward_kernel<scalar_t>)(
         g, map5<scalar_t>(q), map5<scalar_t>(k), map5<scalar_t>(v), ptr_or_null<scalar_t>(rpb),
         static_cast<Acc>(scale), qpb, out.mutable_data_ptr<scalar_t>(),
         lse.mutable_data_ptr<Acc>());
@@ -483,34 +412,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> na2d_backward_cuda(
     const at::Tensor& v_in, const std::optional<at::Tensor>& rpb_in, const at::Tensor& out_in,
     const at::Tensor& lse_in, at::IntArrayRef kernel_size, at::IntArrayRef dilation, double scale) {
   constexpr const char* op = "na2d_backward_cuda";
-  const Geom g = make_geom(op, q_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, q_in, kernel_size, dilation, NAT_MM_CUDA_DEVICE_TYPE);
   check_like(op, "k", k_in, q_in, q_in.sizes());
   check_like(op, "v", v_in, q_in, q_in.sizes());
   check_like(op, "grad_out", grad_out_in, q_in, q_in.sizes());
   check_like(op, "out", out_in, q_in, q_in.sizes());
-  const auto acc_type = at::toOpMathType(q_in.scalar_type());
-  TORCH_CHECK(lse_in.device() == q_in.device() && lse_in.scalar_type() == acc_type &&
-                  lse_in.sizes() == at::IntArrayRef({g.B, g.H, g.W, g.heads}),
-              op, ": lse must be a ", acc_type, " tensor of shape [B, H, W, heads] on ",
-              q_in.device(), ", got ", lse_in.scalar_type(), " ", lse_in.sizes(), " on ",
-              lse_in.device());
+  check_lse(op, lse_in, q_in, g);
+  const auto acc_type = opmath_dtype(q_in.scalar_type());
   c10::cuda::CUDAGuard device_guard(q_in.device());
   const at::Tensor q = last_dim_dense(q_in), k = last_dim_dense(k_in), v = last_dim_dense(v_in);
   const at::Tensor dout = grad_out_in.contiguous(), lse = lse_in.contiguous();
-  const at::Tensor rpb = checked_rpb(op, rpb_in, q, g);
+  const at::Tensor rpb = checked_rpb(op, rpb_in, q_in, g);
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(q.sizes(), q.options());
   at::Tensor dv = at::empty(q.sizes(), q.options());
   at::Tensor drpb;
+  if (tiled_applies(op, g, q.scalar_type(), rpb.defined())) {
+    na2d_backward_tiled(g, dout, q, k, v, rpb, last_dim_dense(out_in), lse, scale, dq, dk, dv,
+                        drpb);
+    return {dq, dk, dv, drpb};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), op, [&] {
     using Acc = at::opmath_type<scalar_t>;
     at::Tensor p_buf = at::empty(attn_shape(g), q.options().dtype(acc_type));
     at::Tensor ds_buf = at::empty(attn_shape(g), q.options().dtype(acc_type));
-    if (g.queries() > 0) {
+    if (g.rows() > 0) {
       const int64_t qpb = queries_per_block(op, g, 2 * sizeof(Acc));
-      na2d_backward_query_kernel<scalar_t>
-          <<<group_blocks(g.queries(), qpb), kThreads, 2 * qpb * g.kk() * sizeof(Acc),
-             at::cuda::getCurrentCUDAStream()>>>(
+      NAT_LAUNCH(group_blocks(g.rows(), qpb), kThreads, 2 * qpb * g.kk() * sizeof(Acc),
+                 at::cuda::getCurrentCUDAStream(), na2d_backward_query_kernel<scalar_t>)(
               g, map5<scalar_t>(q), map5<scalar_t>(k), map5<scalar_t>(v), map5<scalar_t>(dout),
               ptr_or_null<scalar_t>(rpb), lse.const_data_ptr<Acc>(), static_cast<Acc>(scale), qpb,
               p_buf.mutable_data_ptr<Acc>(), ds_buf.mutable_data_ptr<Acc>(),
@@ -529,11 +458,11 @@ at::Tensor na2d_qk_forward_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                 const std::optional<at::Tensor>& rpb_in,
                                 at::IntArrayRef kernel_size, at::IntArrayRef dilation) {
   constexpr const char* op = "na2d_qk_forward_cuda";
-  const Geom g = make_geom(op, q_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, q_in, kernel_size, dilation, NAT_MM_CUDA_DEVICE_TYPE);
   check_like(op, "k", k_in, q_in, q_in.sizes());
   c10::cuda::CUDAGuard device_guard(q_in.device());
   const at::Tensor q = last_dim_dense(q_in), k = last_dim_dense(k_in);
-  const at::Tensor rpb = checked_rpb(op, rpb_in, q, g);
+  const at::Tensor rpb = checked_rpb(op, rpb_in, q_in, g);
   at::Tensor attn = at::empty(attn_shape(g), q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), op, [&] {
     launch_window_dot<scalar_t>(g, q, k, ptr_or_null<scalar_t>(rpb), attn);
@@ -545,7 +474,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> na2d_qk_backward_cuda(
     const at::Tensor& grad_attn_in, const at::Tensor& q_in, const at::Tensor& k_in, bool has_rpb,
     at::IntArrayRef kernel_size, at::IntArrayRef dilation) {
   constexpr const char* op = "na2d_qk_backward_cuda";
-  const Geom g = make_geom(op, q_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, q_in, kernel_size, dilation, NAT_MM_CUDA_DEVICE_TYPE);
   check_like(op, "k", k_in, q_in, q_in.sizes());
   check_like(op, "grad_attn", grad_attn_in, q_in, attn_shape(g));
   c10::cuda::CUDAGuard device_guard(q_in.device());
@@ -567,7 +496,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> na2d_qk_backward_cuda(
 at::Tensor na2d_av_forward_cuda(const at::Tensor& attn_in, const at::Tensor& v_in,
                                 at::IntArrayRef kernel_size, at::IntArrayRef dilation) {
   constexpr const char* op = "na2d_av_forward_cuda";
-  const Geom g = make_geom(op, v_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, v_in, kernel_size, dilation, NAT_MM_CUDA_DEVICE_TYPE);
   check_like(op, "attn", attn_in, v_in, attn_shape(g));
   c10::cuda::CUDAGuard device_guard(v_in.device());
   const at::Tensor v = last_dim_dense(v_in), attn = attn_in.contiguous();
@@ -584,7 +513,7 @@ std::tuple<at::Tensor, at::Tensor> na2d_av_backward_cuda(const at::Tensor& grad_
                                                          at::IntArrayRef kernel_size,
                                                          at::IntArrayRef dilation) {
   constexpr const char* op = "na2d_av_backward_cuda";
-  const Geom g = make_geom(op, v_in, kernel_size, dilation);
+  const Geometry g = check_geometry(op, v_in, kernel_size, dilation, NAT_MM_CUDA_DEVICE_TYPE);
   check_like(op, "grad_out", grad_out_in, v_in, v_in.sizes());
   check_like(op, "attn", attn_in, v_in, attn_shape(g));
   c10::cuda::CUDAGuard device_guard(v_in.device());
@@ -601,7 +530,7 @@ std::tuple<at::Tensor, at::Tensor> na2d_av_backward_cuda(const at::Tensor& grad_
 
 }  // namespace nat_mm
 
-TORCH_LIBRARY_IMPL(nat_mm, CUDA, m) {
+TORCH_LIBRARY_IMPL(NAT_MM_CUDA_LIBRARY, NAT_MM_CUDA_KEY, m) {
   m.impl("na2d_forward", &nat_mm::na2d_forward_cuda);
   m.impl("na2d_backward", &nat_mm::na2d_backward_cuda);
   m.impl("na2d_qk_forward", &nat_mm::na2d_qk_forward_cuda);

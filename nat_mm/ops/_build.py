@@ -5,12 +5,19 @@ Kept free of package imports so setup.py can load it by path before nat_mm is in
 import os
 import shutil
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 CSRC = Path(__file__).resolve().parents[2] / 'csrc'
 CPU_SOURCES = ['ops.cpp', 'cpu/na2d_cpu.cpp']
-CUDA_SOURCES = ['cuda/na2d_cuda.cu']
-DEFAULT_CUDA_ARCHS = '8.0;9.0'
+CUDA_SOURCES = ['cuda/na2d_cuda.cu', 'cuda/na2d_tiled.cu']
+# TORCH_CUDA_ARCH_LIST when no GPU is visible at build time: the build must run on every GPU that
+# torch 2.14 (CUDA 13) supports, sm_75 to sm_120. A cubin for sm_XY runs on every sm_XZ with Z >= Y
+# of the same major, so one cubin per major family does it: 7.5 (T4), 8.0 (A100, and A10, L4,
+# RTX 30/40), 9.0 (H100/H200), 10.0 (B200/B300), 12.0 (RTX 50, RTX PRO); plus PTX of the newest
+# for GPUs after it (compiled by the driver at first use). Minor revisions (8.6, 8.9) get no cubin
+# of their own: our kernels use nothing they add, and each arch costs build time (nvcc compiles
+# the device code once per arch: about 40 s each on a 2-core machine).
+DEFAULT_CUDA_ARCHS = '7.5;8.0;9.0;10.0;12.0+PTX'
 
 
 def cpu_flags() -> List[str]:
@@ -48,7 +55,9 @@ def cpu_link_flags() -> List[str]:
 
 
 def cuda_flags() -> List[str]:
-    return ['-O3', '-std=c++20', '--expt-relaxed-constexpr', '-DNAT_MM_WITH_CUDA',
+    """nvcc flags; ``-lineinfo`` maps device code to source lines for compute-sanitizer and
+    profilers at no run-time cost."""
+    return ['-O3', '-std=c++20', '-lineinfo', '--expt-relaxed-constexpr', '-DNAT_MM_WITH_CUDA',
             '-U__CUDA_NO_HALF_OPERATORS__', '-U__CUDA_NO_HALF_CONVERSIONS__',
             '-U__CUDA_NO_BFLOAT16_CONVERSIONS__', '-U__CUDA_NO_HALF2_OPERATORS__']
 
@@ -82,3 +91,39 @@ def cuda_library_includes(cuda_home: str) -> List[str]:
         return []
     return [str(p) for root in nvidia.__path__ for p in sorted(Path(root).glob('cu*/include'))
             if (p / 'cusparse.h').is_file()]
+
+
+def settle_cuda_home() -> Optional[str]:
+    """Set ``CUDA_HOME`` from :func:`find_cuda_home` when unset; call it before
+    ``torch.utils.cpp_extension`` is imported, which reads it once. Returns the toolkit or None."""
+    cuda_home = find_cuda_home()
+    if cuda_home and not os.environ.get('CUDA_HOME'):
+        os.environ['CUDA_HOME'] = cuda_home
+    return cuda_home
+
+
+def extension_config(cuda_home: Optional[str]) -> Dict:
+    """What ``nat_mm._C`` is built from, for setup.py and the JIT build alike.
+
+    The CUDA kernels are included when ``cuda_home`` (torch's ``cpp_extension.CUDA_HOME``) is a
+    toolkit and ``NAT_MM_NO_CUDA`` is unset; then, with no GPU visible and no
+    ``TORCH_CUDA_ARCH_LIST`` given, the arch list becomes :data:`DEFAULT_CUDA_ARCHS`.
+
+    Returns:
+        dict: ``with_cuda``, ``sources`` (paths relative to the repository root), ``cxx_flags``,
+        ``cuda_flags``, ``include_dirs`` and ``link_flags``.
+    """
+    with_cuda = cuda_home is not None and not os.environ.get('NAT_MM_NO_CUDA')
+    config = dict(with_cuda=with_cuda, sources=[f'csrc/{s}' for s in CPU_SOURCES],
+                  cxx_flags=cpu_flags(), cuda_flags=[], include_dirs=[str(CSRC)],
+                  link_flags=cpu_link_flags())
+    if with_cuda:
+        import torch
+
+        if not torch.cuda.is_available() and not os.environ.get('TORCH_CUDA_ARCH_LIST'):
+            os.environ['TORCH_CUDA_ARCH_LIST'] = DEFAULT_CUDA_ARCHS
+        config['sources'] += [f'csrc/{s}' for s in CUDA_SOURCES]
+        config['cxx_flags'] += ['-DNAT_MM_WITH_CUDA']
+        config['cuda_flags'] = cuda_flags()
+        config['include_dirs'] += cuda_library_includes(cuda_home)
+    return config
