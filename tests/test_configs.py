@@ -3,6 +3,8 @@
 One test per config builds the model once and checks: the parameter count (millions, rounded,
 NAT/DiNAT papers), one training iteration (finite loss, gradients reach the backbone) and one
 inference, on a small synthetic batch on the CPU with ``init_cfg`` cleared (no download).
+The DiNAT-Large and DiNAT_s configs (official DiNAT.md tables) are counted on the meta device,
+within 0.6M of the table, and the smallest of each family trains and predicts.
 """
 import glob
 import os.path as osp
@@ -33,22 +35,51 @@ PARAMS = {
 }
 CONFIGS = {pattern.format(net): count for pattern, count in PARAMS.items()
            for net in ('nat', 'dinat')}
+# DiNAT-Large and DiNAT_s (DiNAT.md tables of the official repository).
+NEW_PARAMS = {
+    'det/cascade_dinat_large_3x.py': 258,
+    'seg/upernet_dinat_large_160k.py': 238,
+    'det/mask_rcnn_dinat_s_tiny_3x.py': 48,
+    'det/mask_rcnn_dinat_s_small_3x.py': 69,
+    'det/cascade_dinat_s_tiny_3x.py': 86,
+    'det/cascade_dinat_s_small_3x.py': 107,
+    'det/cascade_dinat_s_base_3x.py': 145,
+    'det/cascade_dinat_s_large_3x.py': 253,
+    'seg/upernet_dinat_s_tiny_160k.py': 60,
+    'seg/upernet_dinat_s_small_160k.py': 81,
+    'seg/upernet_dinat_s_base_160k.py': 121,
+    'seg/upernet_dinat_s_large_160k.py': 234,
+}
+# The smallest of each new family: trained and run like the configs above.
+NEW_TRAINED = {'det/mask_rcnn_dinat_s_tiny_3x.py', 'seg/upernet_dinat_s_tiny_160k.py',
+               'seg/upernet_dinat_large_160k.py'}
+NEW_SLOW = {'seg/upernet_dinat_large_160k.py'}
 # The three largest: built and checked, but trained only in the slow run.
 SLOW = {'det/cascade_{}_base_3x.py', 'seg/upernet_{}_base_160k.py', 'det/cascade_{}_small_3x.py'}
 H, W = 128, 160
 
 
 def _params(config):
+    if config in NEW_PARAMS:
+        marks = [pytest.mark.slow] if config in NEW_SLOW else []
+        return pytest.param(config, NEW_PARAMS[config], id=config, marks=marks)
     pattern = config.replace('_dinat_', '_{}_').replace('_nat_', '_{}_')
     marks = [pytest.mark.slow] if pattern in SLOW else []
     return pytest.param(config, CONFIGS[config], id=config, marks=marks)
+
+
+BACKBONE_TYPES = {'_dinat_s_': 'DiNAT_s', '_dinat_': 'DiNAT', '_nat_': 'NAT'}
+
+
+def backbone_type(config):
+    return next(t for key, t in BACKBONE_TYPES.items() if key in config)
 
 
 def test_every_config_is_listed():
     found = {osp.relpath(p, osp.join(ROOT, 'configs'))
              for p in glob.glob(osp.join(ROOT, 'configs', '*', '*.py'))}
     found = {p for p in found if not osp.basename(p).startswith('demo_')}
-    assert found == set(CONFIGS)
+    assert found == set(CONFIGS) | set(NEW_PARAMS)
 
 
 def load(config):
@@ -87,17 +118,32 @@ def seg_batch(model, num_classes=150):
     return model.data_preprocessor(packed, True)
 
 
-@pytest.mark.parametrize('config,expected', [_params(c) for c in sorted(CONFIGS)])
+@pytest.mark.parametrize('config,expected', [_params(c) for c in sorted(NEW_PARAMS)])
+def test_new_config_param_count(config, expected):
+    """DiNAT-Large and DiNAT_s: built on the meta device (no memory, no init), counted
+    within 0.6M of the official table."""
+    cfg = load(config)
+    with torch.device('meta'):
+        model = build(cfg)
+    assert type(model.backbone).__name__ == backbone_type(config)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(params - expected) <= 0.6, f'{config}: {params:.2f}M parameters'
+
+
+@pytest.mark.parametrize('config,expected',
+                         [_params(c) for c in sorted(CONFIGS) + sorted(NEW_TRAINED)])
 def test_config(config, expected):
     cfg = load(config)
     if cfg.default_scope == 'mmseg':
         cfg.model.data_preprocessor.size = (H, W)  # not 512x512 crops: keep the CPU test small
     torch.manual_seed(0)
     model = build(cfg)
-    backbone = type(model.backbone).__name__
-    assert backbone == ('DiNAT' if '_dinat_' in config else 'NAT')
+    assert type(model.backbone).__name__ == backbone_type(config)
     params = sum(p.numel() for p in model.parameters())
-    assert round(params / 1e6) == expected, f'{config}: {params / 1e6:.2f}M parameters'
+    if config in NEW_PARAMS:
+        assert abs(params / 1e6 - expected) <= 0.6, f'{config}: {params / 1e6:.2f}M parameters'
+    else:
+        assert round(params / 1e6) == expected, f'{config}: {params / 1e6:.2f}M parameters'
 
     model.train()
     data = det_batch(model) if cfg.default_scope == 'mmdet' else seg_batch(model)
@@ -105,7 +151,7 @@ def test_config(config, expected):
     loss, _ = model.parse_losses(losses)
     assert torch.isfinite(loss), losses
     loss.backward()
-    grad = model.backbone.patch_embed.proj[0].weight.grad
+    grad = next(model.backbone.patch_embed.parameters()).grad  # the stem's first conv
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
     model.eval()
@@ -161,5 +207,52 @@ def test_seg_recipe():
     assert cfg.model.test_cfg.mode == 'whole'
     assert cfg.train_dataloader.batch_size == 2
     assert cfg.train_dataloader.dataset.data_root == 'data/ade/ADEChallengeData2016'
-    assert [t.scale_factor for t in cfg.tta_pipeline[1].transforms[0]] == [
-        0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    # mmseg 0.x's --aug-test: the test scale (2048, 512) times the ratios, keeping the ratio
+    assert [t.scale for t in cfg.tta_pipeline[1].transforms[0]] == [
+        (int(2048 * r), int(512 * r)) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+    assert all(t.keep_ratio for t in cfg.tta_pipeline[1].transforms[0])
+
+
+def test_large_and_dinat_s_recipes():
+    """Official DiNAT-L / DiNAT_s recipes: checkpoints, dilations, drop path, lr, fp16."""
+    det_l = Config.fromfile(osp.join(ROOT, 'configs/det/cascade_dinat_large_3x.py'))
+    backbone = det_l.model.backbone
+    assert (backbone.type, backbone.arch, backbone.task) == ('DiNAT', 'large', 'det')
+    assert backbone.get('layer_scale') is None and backbone.drop_path_rate == 0.6
+    assert backbone.init_cfg.checkpoint.endswith('imagenet22k/dinat_large_in22k_224.pth')
+    assert det_l.optim_wrapper.type == 'OptimWrapper'  # the official DiNAT-L runs in fp32
+    assert det_l.optim_wrapper.optimizer.lr == 7.5e-5
+    assert set(det_l.optim_wrapper.paramwise_cfg.custom_keys) == {'rpb', 'norm'}
+    seg_l = Config.fromfile(osp.join(ROOT, 'configs/seg/upernet_dinat_large_160k.py'))
+    assert seg_l.model.backbone.dilations == [
+        [1, 20, 1], [1, 5, 1, 10], [1, 2, 1, 3, 1, 4, 1, 5, 1, 2, 1, 3, 1, 4, 1, 5, 1, 5],
+        [1, 2, 1, 2, 1]]
+    assert seg_l.model.backbone.drop_path_rate == 0.3
+    assert seg_l.optim_wrapper.type == 'OptimWrapper'
+    assert seg_l.optim_wrapper.optimizer.lr == 6e-5
+    assert seg_l.model.data_preprocessor.size == (512, 512)  # the official content: 512 crops
+    expected = {  # config: (arch, drop path, lr, checkpoint file)
+        'det/mask_rcnn_dinat_s_tiny_3x.py': ('tiny', 0.2, 1e-4, 'dinat_s_tiny_in1k_224.pth'),
+        'det/mask_rcnn_dinat_s_small_3x.py': ('small', 0.35, 1e-4, 'dinat_s_small_in1k_224.pth'),
+        'det/cascade_dinat_s_tiny_3x.py': ('tiny', 0.3, 1e-4, 'dinat_s_tiny_in1k_224.pth'),
+        'det/cascade_dinat_s_small_3x.py': ('small', 0.5, 1e-4, 'dinat_s_small_in1k_224.pth'),
+        'det/cascade_dinat_s_base_3x.py': ('base', 0.6, 7.5e-5, 'dinat_s_base_in1k_224.pth'),
+        'det/cascade_dinat_s_large_3x.py': ('large', 0.6, 5e-5, 'dinat_s_large_in22k_224.pth'),
+        'seg/upernet_dinat_s_tiny_160k.py': ('tiny', 0.3, 6e-5, 'dinat_s_tiny_in1k_224.pth'),
+        'seg/upernet_dinat_s_small_160k.py': ('small', 0.3, 6e-5, 'dinat_s_small_in1k_224.pth'),
+        'seg/upernet_dinat_s_base_160k.py': ('base', 0.3, 6e-5, 'dinat_s_base_in1k_224.pth'),
+        'seg/upernet_dinat_s_large_160k.py': ('large', 0.3, 6e-5, 'dinat_s_large_in22k_224.pth'),
+    }
+    for config, (arch, dpr, lr, ckpt) in expected.items():
+        cfg = Config.fromfile(osp.join(ROOT, 'configs', config))
+        backbone = cfg.model.backbone
+        assert (backbone.type, backbone.arch) == ('DiNAT_s', arch), config
+        assert backbone.drop_path_rate == dpr and cfg.optim_wrapper.optimizer.lr == lr, config
+        assert backbone.init_cfg == dict(type='Pretrained', checkpoint=(
+            'https://shi-labs.com/projects/dinat/checkpoints/'
+            f'{"imagenet22k" if "large" in arch else "imagenet1k"}/{ckpt}')), config
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper', config  # fp16 in all of them
+        assert backbone.task == config.split('/')[0], config
+    seg_sl = Config.fromfile(osp.join(ROOT, 'configs/seg/upernet_dinat_s_large_160k.py'))
+    assert seg_sl.model.backbone.dilations == [
+        [1, 20], [1, 10], [1, 2, 1, 3, 1, 4, 1, 5, 1, 2, 1, 3, 1, 4, 1, 5, 1, 5], [1, 2]]

@@ -16,6 +16,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import nat_mm  # noqa: F401  registers NAT and DiNAT even without custom_imports
+import nat_mm.mm.legacy_checkpoint  # noqa: F401  registers LegacyCheckpointHook
 from _common import (adapt_to_cpu, check_checkpoint, check_data_paths, default_work_dir,
                      finish_distributed, init_cpu_distributed, set_local_rank_env, task_of)
 
@@ -23,7 +24,9 @@ from _common import (adapt_to_cpu, check_checkpoint, check_data_paths, default_w
 def parse_args():
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector or segmentor')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file (path or URL)')
+    parser.add_argument(
+        'checkpoint', help='checkpoint file (path or URL); tools/train.py ones or mmcv 1.x ones '
+        '(mmdet 2.x / mmseg 0.x, e.g. the official NAT/DiNAT COCO and ADE20K checkpoints)')
     parser.add_argument('--work-dir', help='the directory to save the evaluation metrics in')
     parser.add_argument(
         '--out',
@@ -42,7 +45,8 @@ def parse_args():
         help='job launcher')
     parser.add_argument(
         '--tta', action='store_true',
-        help='test-time augmentation (the config\'s tta_pipeline and tta_model)')
+        help='test-time augmentation (the config\'s tta_pipeline and tta_model); for our '
+        'segmentation configs the papers\' multi-scale test (mmseg 0.x\'s --aug-test)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     set_local_rank_env(args.local_rank)
@@ -99,6 +103,9 @@ def main():
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
     check_checkpoint(args.checkpoint, 'checkpoint')
     cfg.load_from = args.checkpoint
+    # Accept mmcv 1.x checkpoints (the official mmdet 2.x / mmseg 0.x ones) and check every
+    # checkpoint key by key against the model (mmengine loads with strict=False).
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='LegacyCheckpointHook')]
 
     if args.show or args.show_dir:
         trigger_visualization_hook(cfg, args, task)

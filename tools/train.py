@@ -4,11 +4,13 @@ Examples:
     python tools/train.py configs/det/mask_rcnn_nat_tiny_3x.py
     python tools/train.py configs/seg/upernet_nat_tiny_160k.py --resume
     tools/dist_train.sh configs/det/cascade_nat_tiny_3x.py 8
+    tools/dist_train.sh configs/det/cascade_nat_tiny_3x.py 4 --total-batch-size 16
 
 Works on machines without CUDA too (fp16 falls back to fp32; torchrun runs use gloo): see
 tools/_common.py.
 """
 import argparse
+import os
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
@@ -30,6 +32,11 @@ def parse_args():
         '--auto-scale-lr', action='store_true',
         help='scale the learning rate by the actual batch size over auto_scale_lr.base_batch_size')
     parser.add_argument(
+        '--total-batch-size', type=int, metavar='N',
+        help='images per iteration over all processes (the papers use 16): sets the per-GPU '
+        'train batch size to N / world size, and refuses an N that the world size does not '
+        'divide')
+    parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint, or, without a path, from the latest checkpoint in '
         'the work directory')
@@ -44,6 +51,34 @@ def parse_args():
     args = parser.parse_args()
     set_local_rank_env(args.local_rank)
     return args
+
+
+def world_size(launcher: str) -> int:
+    """The number of training processes the launcher starts (1 without a launcher)."""
+    if launcher == 'none':
+        return 1
+    variables = {'pytorch': ('WORLD_SIZE',), 'slurm': ('SLURM_NTASKS', 'WORLD_SIZE'),
+                 'mpi': ('OMPI_COMM_WORLD_SIZE', 'PMI_SIZE', 'WORLD_SIZE')}[launcher]
+    for name in variables:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    raise RuntimeError(f'--launcher {launcher}: cannot tell the world size, none of '
+                       f'{list(variables)} is set (start the run with torchrun, srun or mpirun)')
+
+
+def per_process_batch_size(total: int, world: int) -> int:
+    """Split a total batch evenly over ``world`` processes.
+
+    Raises:
+        ValueError: ``total`` < 1, or ``world`` not dividing it.
+    """
+    if total < 1:
+        raise ValueError(f'--total-batch-size must be >= 1, got {total}')
+    if total % world:
+        divisors = [n for n in range(1, total + 1) if total % n == 0]
+        raise ValueError(f'--total-batch-size {total} cannot be split evenly over {world} '
+                         f'processes; use a number of GPUs in {divisors}, or another total')
+    return total // world
 
 
 def main():
@@ -62,6 +97,9 @@ def main():
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.total_batch_size is not None:
+        cfg.train_dataloader.batch_size = per_process_batch_size(
+            args.total_batch_size, world_size(args.launcher))
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise RuntimeError('--auto-scale-lr needs `auto_scale_lr = dict(enable=False, '

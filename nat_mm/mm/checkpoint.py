@@ -22,10 +22,11 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from ..models import NAT
+from ..models import NAT, DiNAT_s
 
 __all__ = [
     'detect_format', 'convert_state_dict', 'extract_state_dict', 'infer_nat_kwargs',
+    'infer_dinat_s_kwargs',
     'load_pretrained', 'convert_checkpoint_file'
 ]
 
@@ -186,6 +187,39 @@ def infer_nat_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict:
         out_indices=out_indices or list(range(len(depths))))
 
 
+def infer_dinat_s_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Infer the :class:`~nat_mm.models.DiNAT_s` arguments that give ``state_dict``'s shapes
+    (the official DiNAT_s layout: ``patch_embed.proj`` a single conv, levels under ``layers.``).
+
+    Dilations do not change the parameters; the result has dilation 1 everywhere.
+
+    Raises:
+        ValueError: ``state_dict`` is not in the DiNAT_s layout.
+    """
+    if 'patch_embed.proj.weight' not in state_dict or \
+            'layers.0.blocks.0.attn.rpb' not in state_dict:
+        raise ValueError('infer_dinat_s_kwargs: not a DiNAT_s state dict (no '
+                         'patch_embed.proj.weight / layers.0.blocks.0.attn.rpb)')
+    proj = state_dict['patch_embed.proj.weight']  # [C, in_channels, p, p]
+    blocks = {}
+    for key in state_dict:
+        match = re.match(r'^layers\.(\d+)\.blocks\.(\d+)\.', key)
+        if match:
+            level, block = int(match.group(1)), int(match.group(2))
+            blocks[level] = max(blocks.get(level, 0), block + 1)
+    depths = [blocks[i] for i in range(len(blocks))]
+    rpb = [state_dict[f'layers.{i}.blocks.0.attn.rpb'] for i in range(len(depths))]
+    fc1 = state_dict['layers.0.blocks.0.mlp.fc1.weight']
+    out_indices = [i for i in range(len(depths)) if f'norm{i}.weight' in state_dict]
+    return dict(
+        embed_dims=proj.shape[0], in_channels=proj.shape[1], patch_size=proj.shape[2],
+        depths=depths, num_heads=[r.shape[0] for r in rpb],
+        kernel_size=(rpb[0].shape[1] + 1) // 2, mlp_ratio=fc1.shape[0] / proj.shape[0],
+        dilations=[[1] * d for d in depths],
+        qkv_bias='layers.0.blocks.0.attn.qkv.bias' in state_dict,
+        out_indices=out_indices or list(range(len(depths))))
+
+
 def _check_incompatible(missing: List[str], unexpected: List[str], source: str) -> None:
     """Raise on missing backbone weights; log the keys that are expected to differ."""
     new_norms = [k for k in missing if _OUTPUT_NORM_KEYS.match(k)]
@@ -271,8 +305,12 @@ def convert_checkpoint_file(src: str, dst: str, fmt: str = 'auto') -> dict:
         state_dict = extract_state_dict(torch.load(src, map_location='cpu', weights_only=True))
     detected = detect_format(state_dict) if fmt == 'auto' else fmt
     converted, skipped = convert_state_dict(state_dict, detected)
-    kwargs = infer_nat_kwargs(converted)
-    reference = NAT(**kwargs, drop_path_rate=0.)
+    if 'patch_embed.proj.weight' in converted:  # DiNAT_s (Swin layout)
+        kwargs = infer_dinat_s_kwargs(converted)
+        reference = DiNAT_s(**kwargs, drop_path_rate=0.)
+    else:
+        kwargs = infer_nat_kwargs(converted)
+        reference = NAT(**kwargs, drop_path_rate=0.)
     missing, unexpected = reference.load_state_dict(converted, strict=False)
     torch.save({'state_dict': converted}, dst)
     return dict(format=detected, missing=sorted(missing), unexpected=sorted(unexpected),

@@ -1,4 +1,4 @@
-"""Register NAT and DiNAT in mmdet's and mmseg's ``MODELS`` registries.
+"""Register NAT, DiNAT and DiNAT_s in mmdet's and mmseg's ``MODELS`` registries.
 
 The registered classes are thin subclasses of the plain-torch backbones in ``nat_mm.models``
 that mix in mmengine's ``BaseModule``: same constructor, same state-dict names, plus mmengine's
@@ -6,21 +6,62 @@ that mix in mmengine's ``BaseModule``: same constructor, same state-dict names, 
 through :func:`nat_mm.mm.checkpoint.load_pretrained`, which converts official and Hugging Face
 layouts and raises on missing backbone weights (mmengine's own ``PretrainedInit`` loads with
 ``strict=False`` and would only log them). Other ``init_cfg`` types use mmengine's initialisers.
+Like mmdet's and mmseg's backbones they also take the deprecated ``pretrained=PATH`` (mmseg's
+``EncoderDecoder`` passes ``model.pretrained`` on to its backbone), which becomes
+``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` with a warning.
 """
 import copy
 import importlib.util
-from typing import List
+import warnings
+from typing import List, Optional
 
 from mmengine.model import BaseModule
 
 from .. import models
 from .checkpoint import load_pretrained
 
-__all__ = ['NAT', 'DiNAT', 'register_backbones', 'REGISTRIES']
+__all__ = ['NAT', 'DiNAT', 'DiNAT_s', 'register_backbones', 'REGISTRIES']
+
+
+def pretrained_to_init_cfg(pretrained: Optional[str], init_cfg, owner: str):
+    """Turn the deprecated ``pretrained=PATH`` argument into ``init_cfg``, as mmdet's and mmseg's
+    backbones do (mmseg's ``EncoderDecoder`` hands ``model.pretrained`` to its backbone).
+
+    Args:
+        pretrained (str, optional): Checkpoint path or URL; None leaves ``init_cfg`` as is.
+        init_cfg (dict | list[dict], optional): The ``init_cfg`` given alongside.
+        owner (str): Class name for the messages.
+
+    Returns:
+        dict | list[dict] | None: ``dict(type='Pretrained', checkpoint=pretrained)`` when
+        ``pretrained`` is given, else ``init_cfg``.
+
+    Raises:
+        ValueError: both ``pretrained`` and ``init_cfg`` are given.
+        TypeError: ``pretrained`` is neither a str nor None.
+    """
+    if pretrained is None:
+        return init_cfg
+    if not isinstance(pretrained, str):
+        raise TypeError(f'{owner}: pretrained must be a str (checkpoint path or URL) or None, '
+                        f'got {pretrained!r}')
+    if init_cfg:
+        raise ValueError(f'{owner}: init_cfg and pretrained cannot be specified at the same time'
+                         f', got pretrained={pretrained!r}, init_cfg={init_cfg!r}; use init_cfg '
+                         'only (in mmseg, model.pretrained is handed to the backbone: set '
+                         'model.pretrained=None)')
+    warnings.warn(f'{owner}: pretrained is deprecated, use init_cfg=dict(type=\'Pretrained\', '
+                  f'checkpoint={pretrained!r}) instead', FutureWarning, stacklevel=3)
+    return dict(type='Pretrained', checkpoint=pretrained)
 
 
 class _MMInitMixin:
-    """``init_weights`` for the mm-registered backbones (see the module docstring)."""
+    """``init_weights`` for the mm-registered backbones (see the module docstring), and the
+    deprecated ``pretrained`` alias of ``init_cfg`` (:func:`pretrained_to_init_cfg`)."""
+
+    def __init__(self, *args, pretrained: Optional[str] = None, init_cfg=None, **kwargs) -> None:
+        init_cfg = pretrained_to_init_cfg(pretrained, init_cfg, type(self).__name__)
+        super().__init__(*args, init_cfg=init_cfg, **kwargs)
 
     def init_weights(self) -> None:
         """Initialise from ``init_cfg``: from scratch when it is None, and a ``Pretrained``
@@ -56,11 +97,16 @@ class DiNAT(_MMInitMixin, models.DiNAT, BaseModule):
     __doc__ = models.DiNAT.__doc__
 
 
+class DiNAT_s(_MMInitMixin, models.DiNAT_s, BaseModule):
+    __doc__ = models.DiNAT_s.__doc__
+
+
 REGISTRIES = {'mmdet': 'mmdet.registry', 'mmseg': 'mmseg.registry'}
 
 
 def register_backbones() -> List[str]:
-    """Register :class:`NAT` and :class:`DiNAT` in the ``MODELS`` of mmdet and mmseg.
+    """Register :class:`NAT`, :class:`DiNAT` and :class:`DiNAT_s` in mmdet's and mmseg's
+    ``MODELS``.
 
     A package that is not installed is skipped; an installed one that fails to import raises.
     Registering twice is a no-op.
@@ -73,7 +119,7 @@ def register_backbones() -> List[str]:
         if importlib.util.find_spec(package) is None:
             continue
         registry = importlib.import_module(module).MODELS
-        for cls in (NAT, DiNAT):
+        for cls in (NAT, DiNAT, DiNAT_s):
             if registry.module_dict.get(cls.__name__) is not cls:
                 registry.register_module(name=cls.__name__, module=cls)
         done.append(package)

@@ -1,8 +1,9 @@
-"""NAT and DiNAT backbones and their layers (torch and timm only)."""
+"""NAT, DiNAT and DiNAT_s backbones and their layers (torch and timm only)."""
 from .layers import NATLayer, NeighborhoodAttention2D
+from .dinat_s import DiNAT_s, DiNATsBlock, PatchEmbed, PatchMerging
 from .nat import NAT, ConvDownsampler, ConvTokenizer, DiNAT, NATBlock
 
 __all__ = [
     'NeighborhoodAttention2D', 'NATLayer', 'ConvTokenizer', 'ConvDownsampler', 'NATBlock', 'NAT',
-    'DiNAT'
+    'DiNAT', 'PatchEmbed', 'PatchMerging', 'DiNATsBlock', 'DiNAT_s'
 ]

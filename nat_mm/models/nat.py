@@ -239,7 +239,8 @@ class NAT(nn.Module):
 
         self.patch_embed = ConvTokenizer(in_channels, embed_dims, nn.LayerNorm)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # on the CPU even under `with torch.device('meta')` (parameter counts without memory)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
         self.levels = nn.ModuleList()
         for i in range(num_levels):
             start = sum(depths[:i])
