@@ -5,7 +5,7 @@ STAMP := $(VENV)/.nat_mm_setup_done
 CSRC := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-cuda-asan demo bench clean
+.PHONY: setup test test-fast test-fuzz test-cuda-asan demo bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,11 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# The hypothesis tests unseeded (a new random seed each run) with 10x the examples; `make test`
+# runs them derandomized with a fixed seed (tests/conftest.py).
+test-fuzz: setup
+	NAT_MM_FUZZ=1 $(PY) -m pytest tests -m hypothesis $(PYTEST_ARGS)
 
 # The emulated CUDA kernels (tests/cuda_emu) built with AddressSanitizer: out-of-bounds global or
 # shared memory accesses of the real .cu abort with a report (-s: pytest would swallow it). libasan

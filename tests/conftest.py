@@ -3,12 +3,42 @@ import sys
 
 import pytest
 import torch
+from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))  # for na_reference
 
 
+# Hypothesis: derandomized by default (a fixed seed, printed in the header, and no example
+# database, so a run does not depend on earlier ones); `make test-fuzz` sets NAT_MM_FUZZ=1 to run
+# the hypothesis tests unseeded with FUZZ_SCALE times the examples. --hypothesis-seed=N wins.
+HYPOTHESIS_SEED = 0
+FUZZ = bool(os.environ.get('NAT_MM_FUZZ'))
+FUZZ_SCALE = 10 if FUZZ else 1
+settings.register_profile('nat_mm-ci', database=None, print_blob=True)
+settings.register_profile('nat_mm-fuzz', print_blob=True)
+settings.load_profile('nat_mm-fuzz' if FUZZ else 'nat_mm-ci')
+
+
+@pytest.hookimpl(tryfirst=True)  # before hypothesis' own pytest_configure reads the seed
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: long-running test (deselect with -m "not slow")')
+    if not FUZZ and getattr(config.option, 'hypothesis_seed', None) is None:
+        config.option.hypothesis_seed = str(HYPOTHESIS_SEED)
+
+
+def pytest_report_header(config):
+    seed = getattr(config.option, 'hypothesis_seed', None)
+    if seed is None:
+        return f'hypothesis: unseeded (random), {FUZZ_SCALE}x examples, profile nat_mm-fuzz'
+    return f'hypothesis: seed {seed} (--hypothesis-seed=N to change), profile nat_mm-ci'
+
+
+@pytest.fixture(scope='session')
+def demo_data(tmp_path_factory):
+    """The tiny demo-layout dataset of tools_common.write_demo_data (shared by the tool tests);
+    its COCO files have no ``info`` key, as most converted custom datasets."""
+    from tools_common import write_demo_data
+    return write_demo_data(tmp_path_factory.mktemp('demo'), with_info=False)
 
 
 @pytest.fixture(autouse=True)

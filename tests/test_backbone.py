@@ -1,4 +1,5 @@
 """NAT / DiNAT backbones: shapes at any size, official names, freezing, checkpointing, layering."""
+import copy
 import functools
 import math
 import subprocess
@@ -248,15 +249,32 @@ def test_backward_through_whole_backbone():
 
 
 def test_autocast_bf16_cpu():
+    """bf16 autocast against the float64 model with the same weights.
+
+    bf16 keeps 8 significant bits: each rounding errs by at most eps/2 relative (eps = 2**-7).
+    Before output i the activations go through about 2 + i + 5 * (i + 1) bf16 stages (the stem's
+    two convs, i downsamplers, and per NAT layer qkv, NA, proj, fc1, fc2); independent rounding
+    errors add like a random walk, so the relative RMS error stays near eps/2 * sqrt(stages).
+    We allow eps * sqrt(stages) (twice that), and 4 times it for the largest single error.
+    """
     model = tiny_nat().eval()
+    for m in model.modules():
+        if isinstance(m, NeighborhoodAttention2D):
+            torch.nn.init.normal_(m.rpb)  # an rpb of order 1, so that it matters
+    reference = copy.deepcopy(model).double()
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
-        ref = model(x)
+        ref = reference(x.double())
         with torch.autocast('cpu', dtype=torch.bfloat16):
             outs = model(x)
-    for o, r in zip(outs, ref):
+    eps = torch.finfo(torch.bfloat16).eps
+    for i, (o, r) in enumerate(zip(outs, ref)):
         assert o.dtype == torch.bfloat16 and o.shape == r.shape
-        torch.testing.assert_close(o.float(), r, atol=0.15, rtol=0.05)
+        tol = eps * math.sqrt(2 + i + 5 * (i + 1))
+        err = o.double() - r
+        rms = r.square().mean().sqrt()
+        assert err.square().mean().sqrt() < tol * rms, (i, err.square().mean().sqrt() / rms, tol)
+        assert err.abs().max() < 4 * tol * rms, (i, err.abs().max() / rms, 4 * tol)
 
 
 def test_channels_last_input():
@@ -335,3 +353,96 @@ def test_layering_models_import_without_openmmlab():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == '4'
+
+
+# --- backbone and layer arguments -----------------------------------------------------------
+
+def _attention_reference(attn, x, scale):
+    """NeighborhoodAttention2D's output from the float64 gather oracle (maps >= k)."""
+    from na_reference import reference_na2d
+    B, H, W, C = x.shape
+    q, k, v = attn.qkv(x).reshape(B, H, W, 3, attn.num_heads, C // attn.num_heads).unbind(3)
+    k2 = (attn.kernel_size, ) * 2
+    out = reference_na2d(q.double(), k.double(), v.double(), k2, (attn.dilation, ) * 2,
+                         attn.rpb.double(), scale=scale)
+    return attn.proj(out.float().reshape(B, H, W, C))
+
+
+@pytest.mark.parametrize('kernel_size', [5, 9])
+@pytest.mark.parametrize('qk_scale', [None, 0.3], ids=['default_scale', 'qk_scale'])
+def test_attention_kernel_size_and_qk_scale(kernel_size, qk_scale):
+    attn = NeighborhoodAttention2D(dim=16, num_heads=2, kernel_size=kernel_size, dilation=1,
+                                   qk_scale=qk_scale).eval()
+    torch.nn.init.normal_(attn.rpb)
+    assert attn.rpb.shape == (2, 2 * kernel_size - 1, 2 * kernel_size - 1)
+    x = torch.randn(2, 11, 13, 16)
+    scale = 8**-0.5 if qk_scale is None else qk_scale
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), _attention_reference(attn, x, scale), atol=1e-5,
+                                   rtol=1e-5)
+
+
+@pytest.mark.parametrize('kernel_size', [5, 9])
+def test_backbone_kernel_size(kernel_size):
+    model = tiny_nat(kernel_size=kernel_size).eval()
+    attns = [m for m in model.modules() if isinstance(m, NeighborhoodAttention2D)]
+    assert len(attns) == 4 and all(a.kernel_size == kernel_size for a in attns)
+    assert all(a.rpb.shape[1:] == (2 * kernel_size - 1, ) * 2 for a in attns)
+    outs = model(torch.randn(1, 3, 97, 131))
+    assert [tuple(o.shape) for o in outs] == expected_shapes(32, 97, 131)
+
+
+def test_backbone_in_channels():
+    model = tiny_nat(in_channels=1).eval()
+    assert model.patch_embed.proj[0].weight.shape == (16, 1, 3, 3)
+    x = torch.randn(2, 1, 40, 56)
+    outs = model(x)
+    assert [tuple(o.shape) for o in outs] == expected_shapes(32, 40, 56, batch=2)
+    with pytest.raises(RuntimeError, match='channels'):
+        model(torch.randn(1, 3, 40, 56))
+
+
+def test_backbone_qkv_bias_false():
+    model = tiny_nat(qkv_bias=False)
+    attns = [m for m in model.modules() if isinstance(m, NeighborhoodAttention2D)]
+    assert attns and all(a.qkv.bias is None and a.proj.bias is not None for a in attns)
+    assert not any(k.endswith('qkv.bias') for k in model.state_dict())
+    outs = model(torch.randn(1, 3, 32, 32))
+    sum(o.sum() for o in outs).backward()
+    assert all(a.qkv.weight.grad is not None for a in attns)
+
+
+def test_drop_path_schedule():
+    """Stochastic depth rises linearly from 0 (first layer) to drop_path_rate (last layer)."""
+    model = NAT(arch='mini', drop_path_rate=0.3)
+    layers = [b for level in model.levels for b in level.blocks]
+    rates = [0. if isinstance(b.drop_path, torch.nn.Identity) else b.drop_path.drop_prob
+             for b in layers]
+    n = len(layers)
+    assert n == 18
+    assert rates == pytest.approx([0.3 * i / (n - 1) for i in range(n)])
+    assert isinstance(layers[0].drop_path, torch.nn.Identity)
+    # and it drops whole residual branches per sample, in training only: with p = 0.5 both
+    # branches of a layer are dropped (output = input) for about a quarter of the samples
+    block = NATLayer(dim=8, num_heads=1, drop_path=0.5)
+    x = torch.randn(64, 7, 7, 8)
+    with torch.no_grad():
+        identity = (block.train()(x) == x).flatten(1).all(1)
+        assert not (block.eval()(x) == x).flatten(1).all(1).any()
+    assert 4 <= identity.sum() <= 32, identity.sum()
+
+
+@pytest.mark.parametrize('kwargs,error,match', [
+    (dict(dim=0, num_heads=1), ValueError, 'dim must be >= 1, got dim=0'),
+    (dict(dim=16.0, num_heads=2), TypeError, 'dim must be an int, got 16.0'),
+    (dict(dim=16, num_heads=3), ValueError, 'num_heads must divide dim, got dim=16, num_heads=3'),
+    (dict(dim=16, num_heads=True), TypeError, 'num_heads must be an int, got True'),
+    (dict(dim=16, num_heads=2, kernel_size=4), ValueError, 'kernel_size must be odd'),
+    (dict(dim=16, num_heads=2, kernel_size=1), ValueError, 'kernel_size must be >= 3'),
+    (dict(dim=16, num_heads=2, kernel_size=(7, 7)), TypeError, 'kernel_size must be an int'),
+    (dict(dim=16, num_heads=2, dilation=0), ValueError, 'dilation must be >= 1, got dilation=0'),
+    (dict(dim=16, num_heads=2, dilation=2.0), TypeError, 'dilation must be an int'),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_attention_argument_errors(kwargs, error, match):
+    with pytest.raises(error, match=f'NeighborhoodAttention2D: {match}'):
+        NeighborhoodAttention2D(**kwargs)

@@ -1,4 +1,5 @@
 """nat_mm.ops against the float64 oracle in na_reference.py: every backend on this machine."""
+import json
 import os
 import subprocess
 import sys
@@ -9,12 +10,12 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from na_reference import reference_av, reference_logits, reference_na2d
+from na_reference import TOL, reference_av, reference_logits, reference_na2d
 from nat_mm.ops import _torch_impl, extension_has_cuda, na2d, na2d_av, na2d_qk
 
+# `make test-fuzz` (NAT_MM_FUZZ=1, see conftest.py): the hypothesis tests with 10x the examples.
+FUZZ_SCALE = 10 if os.environ.get('NAT_MM_FUZZ') else 1
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=2e-5, rtol=2e-5),
-       torch.bfloat16: dict(atol=3e-2, rtol=3e-2), torch.float16: dict(atol=5e-3, rtol=5e-3)}
 
 
 def torch_backend(q, k, v, kernel_size, dilation, rpb, scale=None):
@@ -70,7 +71,7 @@ def na_cases(draw):
 
 
 @pytest.mark.parametrize('backend', list(BACKENDS))
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None, max_examples=30 * FUZZ_SCALE)
 @given(case=na_cases())
 @example(case=((1, 7, 7, 1, 4), (7, 7), (1, 1), True))  # L == k
 @example(case=((2, 13, 12, 2, 8), (3, 5), (4, 2), True))  # L not divisible by d
@@ -126,7 +127,7 @@ def assert_qk_av_match_reference(shape, kernel_size, dilation, with_rpb):
         torch.autograd.grad(reference_av(weights, v, kernel_size, dilation), (weights, v), g_out))
 
 
-@settings(deadline=None, max_examples=20)
+@settings(deadline=None, max_examples=20 * FUZZ_SCALE)
 @given(case=na_cases())
 def test_qk_av_match_reference(case):
     assert_qk_av_match_reference(*case)
@@ -199,12 +200,70 @@ def test_na2d_thread_counts(threads):
         torch.set_num_threads(previous)
 
 
-def test_build_uses_openmp():
-    # at::parallel_for (a header template) runs serially in a file compiled without OpenMP: the
-    # kernels were single-threaded until the build passed -fopenmp.
-    from nat_mm.ops._build import cpu_flags, cpu_link_flags
+# Runs in a fresh process: measures how much CPU time each OS thread of the process spent in the
+# NA kernels (/proc/self/task/*/schedstat, ns; utime + stime ticks where schedstat is missing).
+_THREAD_SHARES = textwrap.dedent('''
+    import glob, json, os, sys, torch
+    from nat_mm.ops import extension_loaded, na2d
+    assert extension_loaded()
+    main_tid = str(os.getpid())
 
-    assert '-fopenmp' in cpu_flags() and '-fopenmp' in cpu_link_flags()
+    def cpu_ns():
+        times = {}
+        for task in glob.glob('/proc/self/task/*'):
+            try:
+                with open(task + '/schedstat') as f:
+                    times[os.path.basename(task)] = int(f.read().split()[0])
+            except OSError:
+                with open(task + '/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+                times[os.path.basename(task)] = (int(fields[11]) + int(fields[12])) * 10**7
+        return times
+
+    def worker_share(fn, reps):
+        fn()  # warm-up: starts the thread pool
+        before = cpu_ns()
+        for _ in range(reps):
+            fn()
+        after = cpu_ns()
+        delta = {t: after[t] - before.get(t, 0) for t in after}
+        total = sum(delta.values())
+        return max([d for t, d in delta.items() if t != main_tid] or [0]) / total
+
+    q, k, v = (torch.randn(1, 48, 96, 4, 32, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(4, 13, 13, requires_grad=True)
+    out = na2d(q, k, v, 7, 2, rpb)
+    grad = torch.randn_like(out)
+
+    def forward():
+        with torch.no_grad():
+            na2d(q, k, v, 7, 2, rpb)
+
+    def backward():
+        torch.autograd.grad(out, (q, k, v, rpb), grad, retain_graph=True)
+
+    shares = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        shares[threads] = [worker_share(forward, 20), worker_share(backward, 10)]
+    print(json.dumps(shares))
+''')
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason='needs Linux /proc')
+def test_kernels_run_on_several_threads():
+    """With 2 threads the second OS thread does about half the kernels' work, forward and
+    backward; with 1 thread none. (The kernels ran single-threaded until the build passed
+    -fopenmp: at::parallel_for, a header template, runs serially in a file compiled without it.)"""
+    env = {k: v for k, v in os.environ.items() if k not in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
+    result = subprocess.run([sys.executable, '-c', _THREAD_SHARES], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    shares = json.loads(result.stdout.strip().splitlines()[-1])
+    # (forward, backward) share of the busiest non-main thread; an even split is 0.5
+    print(shares)
+    assert all(s < 0.05 for s in shares['1']), shares
+    assert all(s > 0.3 for s in shares['2']), shares
 
 
 class Attend(torch.nn.Module):
@@ -287,34 +346,111 @@ def test_bad_tensors():
         na2d_qk(q[:, :2], k[:, :2], 3)
 
 
+def _subprocess_env():
+    """The environment for a python subprocess that imports nat_mm and na_reference."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path = [os.path.dirname(tests), tests] + [p for p in [os.environ.get('PYTHONPATH')] if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+
+
 def test_fallback_warns_once_and_is_correct(tmp_path):
-    """Without nat_mm._C (and no JIT build), the ops warn once, naming the build command."""
+    """Without nat_mm._C (and no JIT build), the ops warn once, naming the build command, and
+    the pure-PyTorch path they fall back to gives the oracle's outputs and gradients."""
     script = textwrap.dedent('''
         import sys, warnings
         sys.modules['nat_mm._C'] = None  # the prebuilt extension is missing
         import torch
-        from nat_mm.ops import na2d, extension_loaded
-        q = k = v = torch.randn(1, 8, 8, 2, 4)
+        from na_reference import reference_av, reference_logits, reference_na2d
+        from nat_mm.ops import na2d, na2d_av, na2d_qk, extension_loaded
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(2, 9, 11, 2, 4, dtype=torch.float64, requires_grad=True)
+                   for _ in range(3))
+        rpb = torch.randn(2, 5, 9, dtype=torch.float64, requires_grad=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
-            na2d(q, k, v, 3); na2d(q, k, v, 3)
+            out = na2d(q, k, v, (3, 5), (2, 1), rpb, scale=0.7)
+            attn = na2d_qk(q, k, (3, 5), (2, 1), rpb)
+            av = na2d_av(attn.softmax(-1), v, (3, 5), (2, 1))
         messages = [str(w.message) for w in caught if 'nat_mm' in str(w.message)]
         assert len(messages) == 1, messages
         assert 'pip install --no-build-isolation -e .' in messages[0], messages[0]
         assert not extension_loaded()
+        ref = reference_na2d(q, k, v, (3, 5), (2, 1), rpb, scale=0.7)
+        torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+        ref_attn = reference_logits(q, k, (3, 5), (2, 1), rpb)
+        torch.testing.assert_close(attn, ref_attn, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(av, reference_av(ref_attn.softmax(-1), v, (3, 5), (2, 1)),
+                                   atol=1e-10, rtol=1e-10)
+        g = torch.randn_like(out)
+        inputs = (q, k, v, rpb)
+        for got, want in zip(torch.autograd.grad(out, inputs, g),
+                             torch.autograd.grad(ref, inputs, g)):
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
         print('ok')
     ''')
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, NAT_MM_NO_JIT='1', PYTHONPATH=repo)
+    env = dict(_subprocess_env(), NAT_MM_NO_JIT='1')
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                            env=env, cwd=tmp_path)
+                            env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == 'ok'
 
 
+def test_no_kernel_for_the_device_warns_once_and_falls_back(tmp_path):
+    """Tensors on a device the build has no kernel for (here 'meta') take the pure-PyTorch
+    path, with one warning naming the device."""
+    script = textwrap.dedent('''
+        import warnings
+        import torch
+        from nat_mm.ops import na2d, na2d_qk
+        q = k = v = torch.randn(2, 9, 10, 2, 4, device='meta')
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            out = na2d(q, k, v, 3, 2)
+            attn = na2d_qk(q, k, 3, 2)
+        messages = [str(w.message) for w in caught if 'nat_mm' in str(w.message)]
+        assert len(messages) == 1, messages
+        assert "no compiled neighborhood-attention kernel for device 'meta'" in messages[0]
+        assert out.device.type == 'meta' and out.shape == q.shape
+        assert attn.shape == (2, 9, 10, 2, 9)
+        print('ok')
+    ''')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            cwd=tmp_path, env=_subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'ok'
+
+
+@pytest.mark.slow
+def test_jit_build_fallback(tmp_path):
+    """Without the prebuilt nat_mm._C, a source checkout JIT-builds the CPU kernels with ninja
+    (into $NAT_MM_CACHE/jit) and uses them: no warning, the oracle's outputs."""
+    script = textwrap.dedent('''
+        import sys, warnings
+        sys.modules['nat_mm._C'] = None  # no prebuilt extension
+        import torch
+        from na_reference import reference_na2d
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            from nat_mm.ops import extension_loaded, na2d
+            assert extension_loaded()
+            q, k, v = (torch.randn(1, 11, 12, 2, 8, dtype=torch.float64) for _ in range(3))
+            rpb = torch.randn(2, 5, 5, dtype=torch.float64)
+            out = na2d(q, k, v, 3, 2, rpb)
+        assert 'nat_mm._C' not in [m for m in sys.modules if sys.modules[m] is not None]
+        torch.testing.assert_close(out, reference_na2d(q, k, v, (3, 3), (2, 2), rpb))
+        print(torch.ops.nat_mm.na2d_forward.default._schema.name)
+    ''')
+    env = _subprocess_env()
+    env.pop('NAT_MM_NO_JIT', None)
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.stdout.strip().splitlines()[-1] == 'nat_mm::na2d_forward'
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('with_rpb', [True, False])
-@settings(deadline=None, max_examples=15)
+@settings(deadline=None, max_examples=15 * FUZZ_SCALE)
 @given(case=na_cases())
 def test_cuda_float64_matches_reference(with_rpb, case):
     shape, kernel_size, dilation, _ = case

@@ -189,15 +189,23 @@ def check_checkpoint(path: Optional[str], what: str) -> None:
 
 
 def check_pretrained(cfg: Config) -> None:
-    """Check local ``Pretrained`` checkpoints named in ``model.backbone.init_cfg``."""
-    init_cfg = cfg.get('model', {}).get('backbone', {}).get('init_cfg')
+    """Check local pretrained checkpoints: ``model.backbone.init_cfg`` of type ``Pretrained``,
+    and the deprecated ``model.pretrained`` / ``model.backbone.pretrained``."""
+    model = cfg.get('model') or {}
+    backbone = model.get('backbone') or {}
+    init_cfg = backbone.get('init_cfg')
+    paths = [(model.get('pretrained'), 'model.pretrained', 'model.pretrained=None'),
+             (backbone.get('pretrained'), 'model.backbone.pretrained',
+              'model.backbone.pretrained=None')]
     if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-        path = init_cfg.get('checkpoint')
-        if path and '://' not in path and not osp.isfile(path):
+        paths.append((init_cfg.get('checkpoint'), 'model.backbone.init_cfg',
+                      'model.backbone.init_cfg=None'))
+    for path, key, scratch in paths:
+        if isinstance(path, str) and path and '://' not in path and not osp.isfile(path):
             raise FileNotFoundError(
-                f'pretrained backbone checkpoint not found: {path} (model.backbone.init_cfg).'
+                f'pretrained backbone checkpoint not found: {path} ({key}).'
                 ' Use the official URL (configs name them), download it there, or train from '
-                'scratch with --cfg-options model.backbone.init_cfg=None.')
+                f'scratch with --cfg-options {scratch}.')
 
 
 def default_work_dir(config: str) -> str:
