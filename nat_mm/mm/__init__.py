@@ -1,20 +1,24 @@
 """The OpenMMLab layer of nat_mm: the only package that imports mmengine, mmdet or mmseg.
 
 Importing it registers ``NAT`` and ``DiNAT`` in mmdet's and mmseg's ``MODELS`` (whichever is
-installed) and allow-lists the data types of mmengine checkpoints for
-``torch.load(weights_only=True)`` (see :mod:`nat_mm.mm.serialization`).
+installed), allow-lists the data types of mmengine checkpoints for
+``torch.load(weights_only=True)`` (see :mod:`nat_mm.mm.serialization`) and makes mmengine's
+``CheckpointLoader`` load URLs and its other remote schemes with ``weights_only=True`` too (see
+:mod:`nat_mm.mm.remote_checkpoint`).
 """
 from .checkpoint import (convert_checkpoint_file, convert_state_dict, detect_format,
                          extract_state_dict, infer_nat_kwargs, load_pretrained)
 from .registry import NAT, DiNAT, register_backbones
+from .remote_checkpoint import UnsafeCheckpointError, register_remote_schemes
 from .serialization import register_safe_globals, register_safe_pickling, safe_globals
 
 register_safe_globals()
+register_remote_schemes()
 registered_in = register_backbones()
 
 __all__ = [
     'NAT', 'DiNAT', 'register_backbones', 'registered_in', 'register_safe_globals',
-    'register_safe_pickling',
-    'safe_globals', 'convert_state_dict', 'convert_checkpoint_file', 'detect_format',
-    'extract_state_dict', 'infer_nat_kwargs', 'load_pretrained'
+    'register_safe_pickling', 'safe_globals', 'register_remote_schemes', 'UnsafeCheckpointError',
+    'convert_state_dict', 'convert_checkpoint_file', 'detect_format', 'extract_state_dict',
+    'infer_nat_kwargs', 'load_pretrained'
 ]
