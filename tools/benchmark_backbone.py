@@ -18,7 +18,8 @@ mmdet Mask R-CNN Swin-T settings; NAT-Tiny: ``NAT(arch='tiny')``. Both with drop
 Examples::
 
     python tools/benchmark_backbone.py                      # 800x1216, CPU
-    python tools/benchmark_backbone.py --shape 224 320 --repeats 2 --json bench.json
+    python tools/benchmark_backbone.py --shape 224 320 --repeats 2 --json bench.json --plot
+    python tools/benchmark_backbone.py --replot bench.json   # the chart of a saved run
     python tools/benchmark_backbone.py --device cuda --dtype float16
 """
 import argparse
@@ -57,7 +58,23 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None,
                         help='torch.set_num_threads on CPU (default: torch default)')
     parser.add_argument('--json', metavar='PATH', help='also write the results as JSON here')
-    return parser.parse_args(argv)
+    parser.add_argument('--plot', action='store_true',
+                        help='also draw a PNG chart beside the JSON (needs --json)')
+    parser.add_argument('--replot', metavar='JSON', default=None,
+                        help='only draw the chart of a saved JSON (beside it), run nothing')
+    args = parser.parse_args(argv)
+    if args.plot and not args.json:
+        parser.error('--plot writes the chart beside the JSON: give --json PATH too')
+    return args
+
+
+def plot(json_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _plots import plot_backbone, png_beside
+
+    png = plot_backbone(json.loads(Path(json_path).read_text()), png_beside(json_path))
+    print(f'wrote {png}')
+    return png
 
 
 def build_models(device):
@@ -151,6 +168,9 @@ def run_once(model, x, mode, dtype, device):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        plot(args.replot)
+        return None
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -196,6 +216,8 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(dict(env=env, results=results), indent=2) + '\n')
         print(f'wrote {args.json}')
+        if args.plot:
+            plot(args.json)
     return results
 
 

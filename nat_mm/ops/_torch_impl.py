@@ -27,10 +27,18 @@ def window_indices(length: int, kernel: int, dilation: int,
 
 
 def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    # x [B, H, W, heads, D] -> [B, H, W, kh, kw, heads, D]
-    return x[:, rows[:, None, :, None], cols[None, :, None, :]]
+    """``x [B, H, W, heads, D] -> [B, H, W, kh*kw, heads, D]``: each query's window of keys.
+
+    One gather over the flattened map (index ``row * W + col``), so the result is contiguous.
+    """
+    flat_index = (rows[:, None, :, None] * x.shape[2] + cols[None, :, None, :]).flatten(2)
+    return x.flatten(1, 2)[:, flat_index]
 
 
+# The einsums run over the flattened map (P = H * W) and the result is unflattened after: with
+# symbolic H and W (torch.export with dynamic shapes), an einsum over separate H and W axes makes
+# its internal reshapes guard on divisibility facts about ceil-divided sizes that the symbolic
+# shape engine cannot prove, and the export fails; over P there are none.
 def na2d_qk(query: torch.Tensor, key: torch.Tensor, kernel_size: Tuple[int, int],
             dilation: Tuple[int, int], rpb: Optional[torch.Tensor]) -> torch.Tensor:
     """``[B, H, W, heads, kh*kw]`` logits q.k (+ rpb), no scale."""
@@ -39,12 +47,13 @@ def na2d_qk(query: torch.Tensor, key: torch.Tensor, kernel_size: Tuple[int, int]
     rows, rpb_rows = window_indices(H, kh, dh, query.device)
     cols, rpb_cols = window_indices(W, kw, dw, query.device)
     k_win = _gather(key, rows, cols)
-    attn = torch.einsum('bijnd,bijxynd->bijnxy', query, k_win)
+    attn = torch.einsum('bpnd,bpknd->bpnk', query.flatten(1, 2), k_win.flatten(1, 2))
+    attn = attn.unflatten(1, (H, W))
     if rpb is not None:
-        # bias [heads, H, W, kh, kw] -> [H, W, heads, kh, kw]
-        bias = rpb[:, rpb_rows[:, None, :, None], rpb_cols[None, :, None, :]]
-        attn = attn + bias.permute(1, 2, 0, 3, 4)
-    return attn.reshape(*attn.shape[:4], kh * kw)
+        # bias [heads, H, W, kh*kw] -> [H, W, heads, kh*kw]
+        bias = rpb[:, rpb_rows[:, None, :, None], rpb_cols[None, :, None, :]].flatten(3)
+        attn = attn + bias.permute(1, 2, 0, 3)
+    return attn
 
 
 def na2d_av(attn: torch.Tensor, value: torch.Tensor, kernel_size: Tuple[int, int],
@@ -55,8 +64,8 @@ def na2d_av(attn: torch.Tensor, value: torch.Tensor, kernel_size: Tuple[int, int
     rows, _ = window_indices(H, kh, dh, value.device)
     cols, _ = window_indices(W, kw, dw, value.device)
     v_win = _gather(value, rows, cols)
-    attn = attn.reshape(*attn.shape[:4], kh, kw)
-    return torch.einsum('bijnxy,bijxynd->bijnd', attn, v_win)
+    out = torch.einsum('bpnk,bpknd->bpnd', attn.flatten(1, 2), v_win.flatten(1, 2))
+    return out.unflatten(1, (H, W))
 
 
 def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
