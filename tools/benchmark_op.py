@@ -1,10 +1,18 @@
 """Benchmark nat_mm's neighborhood attention against its peers on NAT's real layer shapes.
 
 Backends, timed side by side in one run (A B C A B C ..., medians):
-  nat_mm   the compiled ``nat_mm.ops.na2d`` (C++ CPU / CUDA kernels)
-  gather   plain PyTorch: gather the k*k window with index tensors, einsum (nat_mm's fallback)
-  natten   natten.na2d when natten is installed (no rpb; forward only on the CPU)
-  sdpa     dense full attention (torch SDPA) over all H*W tokens, on CUDA only: the yardstick
+  nat_mm      the compiled ``nat_mm.ops.na2d`` (C++ CPU / CUDA kernels; on CUDA the kernel that
+              NAT_MM_CUDA_KERNEL picks: unset or auto = the fused tiled one where it applies)
+  nat_mm_ref  on CUDA only: the same with NAT_MM_CUDA_KERNEL=reference (the reference kernels),
+              set around its forward and backward calls
+  gather      plain PyTorch: gather the k*k window with index tensors, einsum (nat_mm's fallback)
+  natten      natten.na2d when natten is installed (no rpb; forward only on the CPU)
+  sdpa        dense full attention (torch SDPA) over all H*W tokens, on CUDA only: the yardstick
+  flex        torch's FlexAttention, compiled, with NAT's window as mask_mod and rpb as score_mod
+              (tools/_flex_na.py): what a torch user would write instead of NA. Its BlockMask
+              is built once per shape and its compilation runs before the timed calls; the
+              layout conversion to [B, heads, H*W, D] and back is timed (as for sdpa). Forward
+              only on the CPU (torch's compiled CPU FlexAttention has no backward)
 
 Shapes are NAT-Tiny's layers (heads 2/4/8/16, head dim 32, 7x7, rpb) at 224x224 and 800x1216
 input, plus the level-1 layer of a 400x668 image. Peak memory is the peak over the inputs: on CUDA
@@ -12,9 +20,11 @@ input, plus the level-1 layer of a 400x668 image. Peak memory is the peak over t
 /proc/self/clear_refs) with glibc's mmap threshold pinned so freed buffers go back to the system.
 
 Example:
-    python tools/benchmark_op.py --device cpu --json benchmarks/op_cpu.json
+    python tools/benchmark_op.py --device cpu --json benchmarks/op_cpu.json --plot
+    python tools/benchmark_op.py --replot benchmarks/op_cpu.json   # the chart of a saved run
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -23,7 +33,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-if os.environ.get('MALLOC_MMAP_THRESHOLD_') is None and sys.platform.startswith('linux'):
+if (__name__ == '__main__' and os.environ.get('MALLOC_MMAP_THRESHOLD_') is None
+        and sys.platform.startswith('linux')):
     # Pin glibc's mmap threshold (else it grows after frees and peak RSS stops tracking peaks).
     os.environ['MALLOC_MMAP_THRESHOLD_'] = '65536'
     os.execv(sys.executable, [sys.executable] + sys.argv)
@@ -57,6 +68,8 @@ SHAPES = {
     '224': nat_tiny_layers(224, 224),
     '800x1216': nat_tiny_layers(800, 1216),
     'target': [Layer('L1@400x668', 100, 167, 2)],
+    # A quick check of the tool itself (tools/gpu/check.sh --cpu-dry-run), with dilation.
+    'smoke': [Layer('smoke-d2', 18, 23, 2, dilation=2)],
 }
 
 
@@ -71,6 +84,12 @@ def make_backends(device):
         return _torch_impl.na2d(q, k, v, ks, dil, rpb, q.shape[-1] ** -0.5)
 
     backends['nat_mm'] = (nat_mm_fn, True)
+    if device == 'cuda':
+        def nat_mm_ref_fn(q, k, v, layer, rpb):
+            return na2d(q, k, v, layer.kernel, layer.dilation, rpb)
+
+        nat_mm_ref_fn.env = {'NAT_MM_CUDA_KERNEL': 'reference'}  # read by the C++ at every call
+        backends['nat_mm_ref'] = (nat_mm_ref_fn, True)
     backends['gather'] = (gather_fn, True)
     try:
         import natten
@@ -90,7 +109,37 @@ def make_backends(device):
             return F.scaled_dot_product_attention(*flat).transpose(1, 2).reshape(q.shape)
 
         backends['sdpa'] = (sdpa_fn, True)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        from _flex_na import FlexNA
+    except ImportError:  # a torch without FlexAttention
+        FlexNA = None
+    if FlexNA is not None:
+        flex = FlexNA()
+
+        def flex_fn(q, k, v, layer, rpb):
+            return flex(q, k, v, layer.kernel, layer.dilation, rpb)
+
+        # untimed: the BlockMask, once per shape (bench_layer also makes one untimed call first)
+        flex_fn.prepare = lambda layer, device: flex.block_mask(layer.H, layer.W, layer.kernel,
+                                                                layer.dilation, device)
+        backends['flex'] = (flex_fn, device != 'cpu')  # no compiled backward on the CPU
     return backends
+
+
+@contextlib.contextmanager
+def environment(env):
+    """Set the environment variables of ``env`` inside the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class PeakMemory:
@@ -130,13 +179,14 @@ def run_once(fn, inputs, layer, backward, device):
     q, k, v, rpb = inputs
     if device == 'cuda':
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn(q, k, v, layer, rpb)
-    if backward:
-        out.backward(torch.ones_like(out))
-    if device == 'cuda':
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    with environment(getattr(fn, 'env', {})):
+        start = time.perf_counter()
+        out = fn(q, k, v, layer, rpb)
+        if backward:
+            out.backward(torch.ones_like(out))
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
 
 def make_inputs(layer, device, dtype, backward):
@@ -153,8 +203,22 @@ def bench_layer(layer, backends, args):
     for mode in ('fwd', 'fwd+bwd'):
         backward = mode == 'fwd+bwd'
         active = {n: fn for n, (fn, has_bwd) in backends.items() if has_bwd or not backward}
-        skipped = sorted(set(backends) - set(active))
+        notes = {n: 'no backward on this device' for n in set(backends) - set(active)}
         inputs = make_inputs(layer, args.device, args.dtype, backward)
+        for name, fn in list(active.items()):  # untimed set-up (flex: BlockMask, compilation)
+            if not hasattr(fn, 'prepare'):
+                continue
+            try:
+                fn.prepare(layer, args.device)
+                run_once(fn, inputs, layer, backward, args.device)
+            except Exception as error:  # noqa: BLE001 - report this backend as failed, go on
+                notes[name] = f'failed: {type(error).__name__}: {str(error).strip()[:150]}'
+                print(f'benchmark_op: {name} on {layer.name} {mode}: {notes[name]}',
+                      file=sys.stderr)
+                del active[name]
+            for t in inputs:
+                t.grad = None
+        skipped = sorted(notes)
         times = {n: [] for n in active}
         peaks = {}
         for name, fn in active.items():  # warm-up, and the peak memory of one call
@@ -177,20 +241,20 @@ def bench_layer(layer, backends, args):
         for name in skipped:
             rows.append(dict(layer=layer.name, map=f'{layer.H}x{layer.W}', heads=layer.heads,
                              mode=mode, backend=name, median_ms=None, ratio_to_nat_mm=None,
-                             peak_mb=None, note='no backward on this device'))
+                             peak_mb=None, note=notes[name]))
     return rows
 
 
 def print_table(rows, header):
     print(header)
-    print(f'{"layer":<16}{"map":>9}{"heads":>6}  {"mode":<8}{"backend":<8}'
+    print(f'{"layer":<16}{"map":>9}{"heads":>6}  {"mode":<8}{"backend":<11}'
           f'{"median ms":>11}{"x nat_mm":>10}{"peak MB":>10}')
     for r in rows:
         if r['median_ms'] is None:
             print(f'{r["layer"]:<16}{r["map"]:>9}{r["heads"]:>6}  {r["mode"]:<8}'
-                  f'{r["backend"]:<8}  -- {r["note"]}')
+                  f'{r["backend"]:<11}  -- {r["note"]}')
             continue
-        print(f'{r["layer"]:<16}{r["map"]:>9}{r["heads"]:>6}  {r["mode"]:<8}{r["backend"]:<8}'
+        print(f'{r["layer"]:<16}{r["map"]:>9}{r["heads"]:>6}  {r["mode"]:<8}{r["backend"]:<11}'
               f'{r["median_ms"]:>11.2f}{r["ratio_to_nat_mm"]:>10.2f}{r["peak_mb"]:>10.1f}')
 
 
@@ -203,16 +267,33 @@ def parse_args():
     parser.add_argument('--shapes', nargs='+', default=['target', '224', '800x1216'],
                         choices=sorted(SHAPES))
     parser.add_argument('--backends', nargs='+', default=None,
-                        help='subset of nat_mm gather natten sdpa (default: all available)')
+                        help='subset of nat_mm nat_mm_ref gather natten sdpa flex (default: all '
+                        'available; nat_mm_ref and sdpa on CUDA only)')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--json', default=None, help='write the rows to this JSON file')
+    parser.add_argument('--plot', action='store_true',
+                        help='also draw a PNG chart beside the JSON (needs --json)')
+    parser.add_argument('--replot', metavar='JSON', default=None,
+                        help='only draw the chart of a saved JSON (beside it), run nothing')
     args = parser.parse_args()
+    if args.plot and not args.json:
+        parser.error('--plot writes the chart beside the JSON: give --json PATH too')
     args.dtype = getattr(torch, args.dtype or ('float32' if args.device == 'cpu' else 'bfloat16'))
     return args
 
 
+def plot(json_path):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _plots import plot_op, png_beside
+
+    with open(json_path) as f:
+        print(f'wrote {plot_op(json.load(f), png_beside(json_path))}')
+
+
 def main():
     args = parse_args()
+    if args.replot:
+        return plot(args.replot)
     if not extension_loaded() or (args.device == 'cuda' and not extension_has_cuda()):
         sys.exit(f'benchmark_op: the compiled nat_mm kernels for {args.device} are not built')
     backends = make_backends(args.device)
@@ -225,6 +306,8 @@ def main():
                                                           if b != 'nat_mm']}
     device_name = (torch.cuda.get_device_name() if args.device == 'cuda' else
                    f'CPU, {torch.get_num_threads()} threads')
+    if args.device == 'cuda':
+        device_name += f', NAT_MM_CUDA_KERNEL={os.environ.get("NAT_MM_CUDA_KERNEL") or "auto"}'
     header = (f'# na2d benchmark: {device_name}, {args.dtype}, torch {torch.__version__}, '
               f'median of {args.repeats}')
     rows = []
@@ -233,10 +316,13 @@ def main():
             print(f'... {layer.name} ({layer.H}x{layer.W}, {layer.heads} heads)', file=sys.stderr,
                   flush=True)
             rows += bench_layer(layer, backends, args)
+            if args.json:  # after every layer, so a run cut short keeps what it measured
+                with open(args.json, 'w') as f:
+                    json.dump(dict(header=header, rows=rows), f, indent=1)
     print_table(rows, header)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(header=header, rows=rows), f, indent=1)
+        if args.plot:
+            plot(args.json)
 
 
 if __name__ == '__main__':
