@@ -159,9 +159,10 @@ def test_export_onnx_demo_upernet(tmp_path, capsys):
     assert 'onnxruntime vs eager at 1x3x120x136: max abs diff' in log
 
 
+# The whole demo UPerNet above covers the NAT backbone in ONNX (each export takes minutes here);
+# this covers --backbone and the dilated windows of DiNAT.
 @pytest.mark.slow
-@pytest.mark.parametrize('config,extra', [(DET, []), (DINAT_SEG, NO_PRETRAINED)],
-                         ids=['NAT-det-demo', 'DiNAT'])
+@pytest.mark.parametrize('config,extra', [(DINAT_SEG, NO_PRETRAINED)], ids=['DiNAT'])
 def test_export_onnx_backbone(config, extra, tmp_path, capsys):
     import onnx
 

@@ -230,6 +230,20 @@ NAT_HOST_DEVICE int staged_extent(const AxisTile& a, int tile, int k) {
   return group_window_start(last, a.n, k) + k - group_window_start(a.p0, a.n, k);
 }
 
+// Stages the K and V rows of the tile's windows (the query tile plus its halo) and the head's
+// rpb, then waits for the block; returns the staged tile's width.
+template <typename T, typename Acc>
+__device__ int stage_window_tile(const TileSpec& s, const Work& w, const Window& win, Map5<T> k,
+                                 Map5<T> v, const T* rpb, T* k_s, T* v_s, Acc* rpb_s) {
+  const int rows = staged_extent(w.ay, s.ty.tile, s.kh);
+  const int cols = staged_extent(w.ax, s.tx.tile, s.kw);
+  stage_rows(k, s, w, win.y0, win.x0, rows, cols, k_s);
+  stage_rows(v, s, w, win.y0, win.x0, rows, cols, v_s);
+  stage_rpb(rpb, s, w.h, rpb_s);
+  __syncthreads();
+  return cols;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
@@ -245,12 +259,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   for (int blk = blockIdx.x; blk < s.blocks(); blk += gridDim.x) {
     const Work w = locate_work(s, blk);
     const Window win = window_of(s, w, std::min(w.py, w.ay.n - 1), std::min(w.px, w.ax.n - 1));
-    const int rows = staged_extent(w.ay, s.ty.tile, s.kh);
-    const int cols = staged_extent(w.ax, s.tx.tile, s.kw);
-    stage_rows(k, s, w, win.y0, win.x0, rows, cols, k_s);
-    stage_rows(v, s, w, win.y0, win.x0, rows, cols, v_s);
-    stage_rpb(rpb, s, w.h, rpb_s);
-    __syncthreads();
+    const int cols = stage_window_tile(s, w, win, k, v, rpb, k_s, v_s, rpb_s);
     if (w.valid) {
       Acc qx[kMaxChunk], acc[kMaxChunk];
       load_lane(q, s, w, scale, qx);
@@ -314,12 +323,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   for (int blk = blockIdx.x; blk < s.blocks(); blk += gridDim.x) {
     const Work w = locate_work(s, blk);
     const Window win = window_of(s, w, std::min(w.py, w.ay.n - 1), std::min(w.px, w.ax.n - 1));
-    const int rows = staged_extent(w.ay, s.ty.tile, s.kh);
-    const int cols = staged_extent(w.ax, s.tx.tile, s.kw);
-    stage_rows(k, s, w, win.y0, win.x0, rows, cols, k_s);
-    stage_rows(v, s, w, win.y0, win.x0, rows, cols, v_s);
-    stage_rpb(rpb, s, w.h, rpb_s);
-    __syncthreads();
+    const int cols = stage_window_tile(s, w, win, k, v, rpb, k_s, v_s, rpb_s);
     const int item = int(threadIdx.x) / s.G;
     if (w.valid) {
       Acc qx[kMaxChunk], gx[kMaxChunk], acc[kMaxChunk];
