@@ -214,28 +214,10 @@ class DiNAT_s(NAT):
                                  f'{list(depths)}; pass dilations explicitly (one list per '
                                  'level, one int per block)')
             dilations = copy.deepcopy(dilations)
-        num_levels = len(depths)
-        dilations = self._check_dilations(dilations, depths)
-        self.out_indices = self._check_out_indices(out_indices, num_levels)
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int):
-            raise TypeError(f'{name}: frozen_stages must be an int, got {frozen_stages!r}')
-        if not -1 <= frozen_stages <= num_levels:
-            raise ValueError(f'{name}: frozen_stages must be in range(-1, {num_levels + 1}), '
-                             f'got frozen_stages={frozen_stages}')
-
-        self.arch = arch
+        self._set_levels(arch, embed_dims, depths, num_heads, dilations, kernel_size,
+                         out_indices, frozen_stages, norm_eval, with_cp, init_cfg)
         self.task = task
-        self.embed_dims = embed_dims
-        self.depths = depths
-        self.num_heads = num_heads
-        self.dilations = dilations
-        self.kernel_size = kernel_size
-        self.num_levels = num_levels
-        self.num_features = [int(embed_dims * 2 ** i) for i in range(num_levels)]
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
-        self.init_cfg = copy.deepcopy(init_cfg)
+        dilations, num_levels = self.dilations, self.num_levels
 
         self.patch_embed = PatchEmbed(patch_size, in_channels, embed_dims, nn.LayerNorm)
         self.pos_drop = nn.Dropout(p=drop_rate)

@@ -215,27 +215,9 @@ class NAT(nn.Module):
         if len(depths) != len(num_heads):
             raise ValueError(f'{name}: depths and num_heads need one entry per level, got '
                              f'depths={list(depths)}, num_heads={list(num_heads)}')
-        num_levels = len(depths)
-        dilations = self._check_dilations(dilations, depths)
-        self.out_indices = self._check_out_indices(out_indices, num_levels)
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int):
-            raise TypeError(f'{name}: frozen_stages must be an int, got {frozen_stages!r}')
-        if not -1 <= frozen_stages <= num_levels:
-            raise ValueError(f'{name}: frozen_stages must be in range(-1, {num_levels + 1}), '
-                             f'got frozen_stages={frozen_stages}')
-
-        self.arch = arch
-        self.embed_dims = embed_dims
-        self.depths = depths
-        self.num_heads = num_heads
-        self.dilations = dilations
-        self.kernel_size = kernel_size
-        self.num_levels = num_levels
-        self.num_features = [int(embed_dims * 2 ** i) for i in range(num_levels)]
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
-        self.init_cfg = copy.deepcopy(init_cfg)
+        self._set_levels(arch, embed_dims, depths, num_heads, dilations, kernel_size,
+                         out_indices, frozen_stages, norm_eval, with_cp, init_cfg)
+        dilations, num_levels = self.dilations, self.num_levels
 
         self.patch_embed = ConvTokenizer(in_channels, embed_dims, nn.LayerNorm)
         self.pos_drop = nn.Dropout(p=drop_rate)
@@ -254,6 +236,32 @@ class NAT(nn.Module):
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
         self._freeze_stages()
+
+    def _set_levels(self, arch, embed_dims, depths, num_heads, dilations, kernel_size,
+                    out_indices, frozen_stages, norm_eval, with_cp, init_cfg) -> None:
+        """Check the level layout and the contract arguments, and keep them as attributes
+        (shared by NAT, DiNAT and DiNAT_s, which build their own stem and levels after it)."""
+        name = type(self).__name__
+        num_levels = len(depths)
+        dilations = self._check_dilations(dilations, depths)
+        self.out_indices = self._check_out_indices(out_indices, num_levels)
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int):
+            raise TypeError(f'{name}: frozen_stages must be an int, got {frozen_stages!r}')
+        if not -1 <= frozen_stages <= num_levels:
+            raise ValueError(f'{name}: frozen_stages must be in range(-1, {num_levels + 1}), '
+                             f'got frozen_stages={frozen_stages}')
+        self.arch = arch
+        self.embed_dims = embed_dims
+        self.depths = depths
+        self.num_heads = num_heads
+        self.dilations = dilations
+        self.kernel_size = kernel_size
+        self.num_levels = num_levels
+        self.num_features = [int(embed_dims * 2 ** i) for i in range(num_levels)]
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.init_cfg = copy.deepcopy(init_cfg)
 
     @classmethod
     def get_arch_setting(cls, arch: str) -> dict:
