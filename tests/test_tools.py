@@ -42,14 +42,17 @@ def test_train_then_test(config, data_root, tmp_path):
 
     vis = tmp_path / 'vis'
     out = tmp_path / ('preds.pkl' if config == DET else 'preds')
+    # segmentation is tested with --tta (the plain test runs in test_run_demo_end_to_end)
+    tta = ['--tta'] if config == SEG else []
     proc = tool('tools/test.py', config, str(ckpt), '--work-dir', str(tmp_path / 'test'),
-                '--show-dir', str(vis), '--out', str(out), *data_options(config, data_root))
+                '--show-dir', str(vis), '--out', str(out), *tta, *data_options(config, data_root))
     log = proc.stdout + proc.stderr
     if config == DET:
         assert re.search(r'coco/bbox_mAP: [\d.-]+', log) and 'coco/segm_mAP' in log
         assert out.is_file()
         pngs = glob.glob(str(vis / '*.png'))
     else:
+        assert "type='SegTTAModel'" in log and "type='TestTimeAug'" in log  # the config run
         assert re.search(r'mIoU: [\d.]+', log)
         assert glob.glob(str(out / '*.png'))
         pngs = glob.glob(str(vis / 'vis_data' / 'vis_image' / '*.png'))
@@ -140,6 +143,52 @@ def test_resume_after_sigkill(data_root, tmp_path):
     assert not re.search(r'Iter\(train\) \[\s*1/6\]', log), 'training restarted from scratch'
     # the optimizer state went on from the checkpoint: 6 AdamW steps in all, not 4
     assert _adamw_step(work / 'iter_6.pth') == (6, 6.0)
+
+
+@pytest.fixture(scope='module')
+def det_checkpoint(data_root, tmp_path_factory):
+    """A Mask R-CNN demo checkpoint after 2 iterations (tools/train.py)."""
+    work = tmp_path_factory.mktemp('det_ckpt')
+    tool('tools/train.py', DET, '--work-dir', str(work), *data_options(DET, data_root))
+    return work / 'iter_2.pth'
+
+
+@pytest.mark.slow
+def test_resume_from_a_given_checkpoint(det_checkpoint, data_root, tmp_path):
+    """``--resume PATH`` into a fresh work dir continues at iteration 2 of that checkpoint, with
+    its optimizer state (AdamW's step count goes on to 4, not 2)."""
+    work = tmp_path / 'work'
+    proc = tool('tools/train.py', DET, '--work-dir', str(work), '--resume', str(det_checkpoint),
+                *data_options(DET, data_root, iters=4))
+    log = proc.stdout + proc.stderr
+    assert f'Load checkpoint from {det_checkpoint}' in log
+    assert re.search(r'resumed epoch: \d+, iter: 2\b', log), log[-3000:]
+    assert not re.search(r'Iter\(train\) \[\s*[12]/4\]', log), 'iterations 1-2 ran again'
+    assert not (work / 'iter_2.pth').exists()
+    assert _adamw_step(work / 'iter_4.pth') == (4, 4.0)
+
+
+@pytest.mark.slow
+def test_load_from_and_auto_scale_lr(det_checkpoint, data_root, tmp_path):
+    """``load_from`` starts a new run (iteration 0, fresh optimizer) from the checkpoint's
+    weights; ``--auto-scale-lr`` scales the lr by batch / auto_scale_lr.base_batch_size."""
+    work = tmp_path / 'work'
+    options = data_options(DET, data_root, iters=1)
+    options += ['auto_scale_lr.base_batch_size=16', 'auto_scale_lr.enable=False',
+                f'load_from={det_checkpoint}']
+    proc = tool('tools/train.py', DET, '--work-dir', str(work), '--auto-scale-lr', *options)
+    log = proc.stdout + proc.stderr
+    assert f'Load checkpoint from {det_checkpoint}' in log
+    assert 'Scaling the original LR by 0.125' in log  # batch 2 of 16
+    ckpt = torch.load(work / 'iter_1.pth', map_location='cpu')
+    assert {g['initial_lr'] for g in ckpt['optimizer']['param_groups']} == {0.0005 * 0.125}
+    assert _adamw_step(work / 'iter_1.pth') == (1, 1.0)  # a new optimizer, not a resume
+    # one AdamW step at the warmup's first lr (6.25e-7) moves each weight by about that much;
+    # weights not loaded would differ by the init's scale
+    loaded = torch.load(det_checkpoint, map_location='cpu')['state_dict']
+    assert loaded.keys() == ckpt['state_dict'].keys()
+    for name, value in ckpt['state_dict'].items():
+        torch.testing.assert_close(value, loaded[name], atol=1e-5, rtol=0, msg=name)
 
 
 def _flops_line(text):
@@ -373,20 +422,29 @@ def test_train_resume_and_auto_scale_lr_errors(data_root, tmp_path, monkeypatch)
 
 # --- tools/prepare_demo_data.py on a small synthetic crop (no download) ----------------------
 
+def _write_raw_nuclei(out, height, width, count, seed=1):
+    """A synthetic 16-bit nuclei image and its label map in ``out/raw`` (what fetch_raw would
+    extract from the stardist wheel, which the tests do not download); returns the labels."""
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((height, width), np.uint16)
+    for i in range(count):
+        y, x = rng.integers(6, [height - 6, width - 6])
+        cv2.circle(labels, (int(x), int(y)), int(rng.integers(3, 8)), i + 1, -1)
+    img = (labels > 0) * 3000 + rng.integers(0, 200, labels.shape)
+    (out / 'raw').mkdir(parents=True)
+    cv2.imwrite(str(out / 'raw' / 'img2d.tif'), img.astype(np.uint16))
+    cv2.imwrite(str(out / 'raw' / 'mask2d.tif'), labels)
+    return labels
+
+
 def test_prepare_demo_data_small_crop(tmp_path, monkeypatch, capsys):
     import cv2
     import numpy as np
     from pycocotools import mask as mask_utils
-    rng = np.random.default_rng(1)
-    labels = np.zeros((192, 256), np.uint16)
-    for i in range(30):
-        y, x = rng.integers(6, [186, 250])
-        cv2.circle(labels, (int(x), int(y)), int(rng.integers(3, 8)), i + 1, -1)
-    img = (labels > 0) * 3000 + rng.integers(0, 200, labels.shape)
     out = tmp_path / 'demo'
-    (out / 'raw').mkdir(parents=True)  # fetch_raw uses these instead of downloading stardist
-    cv2.imwrite(str(out / 'raw' / 'img2d.tif'), img.astype(np.uint16))
-    cv2.imwrite(str(out / 'raw' / 'mask2d.tif'), labels)
+    labels = _write_raw_nuclei(out, 192, 256, 30)
     args = ['--out-dir', str(out), '--tile', '64', '--stride', '64', '--split-x', '128']
     monkeypatch.setattr(sys, 'argv', ['prepare_demo_data.py', *args])
     import runpy
@@ -414,3 +472,26 @@ def test_prepare_demo_data_small_crop(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     runpy.run_path(os.path.join(TOOLS, 'prepare_demo_data.py'), run_name='__main__')
     assert 'is ready' in capsys.readouterr().out  # idempotent
+
+
+@pytest.mark.slow
+def test_run_demo_end_to_end(tmp_path):
+    """``make demo``'s tools/run_demo.py on a small synthetic crop: data written, both models
+    trained and tested, the metrics printed and the drawings written."""
+    data, work = tmp_path / 'demo', tmp_path / 'work'
+    _write_raw_nuclei(data, 128, 512, 40)  # 5 train tiles left of x=384, 1 val tile right
+    proc = tool('tools/run_demo.py', '--data-root', str(data), '--work-dir', str(work),
+                '--det-iters', '2', '--seg-iters', '2')
+    out = proc.stdout
+    assert 'train: 5 tiles' in (data / '.complete').read_text()
+    for split in ('train', 'val'):
+        assert (data / 'annotations' / f'instances_{split}.json').is_file()
+    det = re.search(r'Mask R-CNN NAT-Mini: bbox mAP (\S+) .*segm mAP (\S+)', out)
+    seg = re.search(r'UPerNet NAT-Mini: mIoU (\S+)', out)
+    assert det and seg, out[-3000:]
+    for value in (*det.groups(), seg.group(1)):
+        assert not math.isnan(float(value)), out[-3000:]  # a metric the tool did not find
+    assert len(glob.glob(str(work / 'det' / 'vis' / '*.png'))) == 1
+    assert len(glob.glob(str(work / 'seg' / 'vis' / 'vis_data' / 'vis_image' / '*.png'))) == 1
+    for task in ('det', 'seg'):
+        assert (work / task / 'iter_2.pth').is_file()

@@ -9,7 +9,7 @@ Steps, each one of our tools run as a subprocess so its mmengine progress log sh
 4. + 5. the same for ``configs/seg/demo_upernet_nat_mini.py`` (UPerNet NAT-Mini, mIoU).
 
 Finally it prints the metrics and where the drawings are. Everything goes under
-``--work-dir`` (default work_dirs/demo).
+``--work-dir`` (default work_dirs/demo), the data under ``--data-root`` (default data/demo/).
 
 Example:
     python tools/run_demo.py
@@ -32,6 +32,8 @@ SEG_CONFIG = 'configs/seg/demo_upernet_nat_mini.py'
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/demo', help='where outputs go')
+    parser.add_argument('--data-root', default='data/demo/',
+                        help='where tools/prepare_demo_data.py writes the tiles (and finds raw/)')
     parser.add_argument('--det-iters', type=int, help='override the det config\'s max_iters')
     parser.add_argument('--seg-iters', type=int, help='override the seg config\'s max_iters')
     parser.add_argument('--skip-det', action='store_true', help='run segmentation only')
@@ -45,11 +47,33 @@ def run(cmd, title):
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
 
-def iter_options(iters):
+def iter_options(config, iters):
+    """--cfg-options for ``iters`` training iterations: the main schedule ends there, and a
+    warmup longer than a fifth of the run shrinks to that (at least one iteration)."""
     if iters is None:
         return []
-    return ['--cfg-options', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-            f'param_scheduler.1.end={iters}', f'param_scheduler.1.T_max={iters}']
+    from mmengine.config import Config
+    warmup, main = Config.fromfile(osp.join(ROOT, config)).param_scheduler
+    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+               f'param_scheduler.1.end={iters}']
+    if 'T_max' in main:  # cosine (det); PolyLR (seg) has none
+        options.append(f'param_scheduler.1.T_max={iters}')
+    warmup_end = min(warmup['end'], max(1, iters // 5))
+    options.append(f'param_scheduler.0.end={warmup_end}')
+    if main.get('begin', 0):  # the main schedule starts where the warmup ends (seg)
+        options.append(f'param_scheduler.1.begin={warmup_end}')
+    return options
+
+
+def data_options(task, data_root):
+    """Point a demo config's datasets (and the COCO evaluator) at ``data_root``."""
+    root = data_root.rstrip('/') + '/'
+    options = [f'{loader}.dataset.data_root={root}'
+               for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    if task == 'det':
+        options += [f'{evaluator}.ann_file={root}annotations/instances_val.json'
+                    for evaluator in ('val_evaluator', 'test_evaluator')]
+    return options
 
 
 def last_checkpoint(work_dir):
@@ -69,29 +93,32 @@ def test_metrics(work_dir):
     return {}
 
 
-def train_and_test(task, config, iters, work_dir):
+def train_and_test(task, config, iters, work_dir, data_root):
     train_dir = osp.join(work_dir, task)
     vis_dir = osp.join(work_dir, task, 'vis')
-    options = iter_options(iters)
-    if task == 'seg' and options:
-        options = options[:-1]  # PolyLR has no T_max
-    run([sys.executable, 'tools/train.py', config, '--work-dir', train_dir] + options,
-        f'{task}: train {config}')
+    options = iter_options(config, iters)
+    data = data_options(task, data_root)
+    run([sys.executable, 'tools/train.py', config, '--work-dir', train_dir, '--cfg-options']
+        + data + options, f'{task}: train {config}')
     test_dir = osp.join(work_dir, task, 'test')
     run([sys.executable, 'tools/test.py', config, last_checkpoint(train_dir), '--work-dir',
-         test_dir, '--show-dir', vis_dir], f'{task}: test on the val tiles')
+         test_dir, '--show-dir', vis_dir, '--cfg-options'] + data,
+        f'{task}: test on the val tiles')
     return test_metrics(test_dir), vis_dir
 
 
 def main():
     args = parse_args()
     start = time.time()
-    run([sys.executable, 'tools/prepare_demo_data.py'], 'prepare data/demo/')
+    run([sys.executable, 'tools/prepare_demo_data.py', '--out-dir', args.data_root],
+        f'prepare {args.data_root}')
     results = {}
     if not args.skip_det:
-        results['det'] = train_and_test('det', DET_CONFIG, args.det_iters, args.work_dir)
+        results['det'] = train_and_test('det', DET_CONFIG, args.det_iters, args.work_dir,
+                                        args.data_root)
     if not args.skip_seg:
-        results['seg'] = train_and_test('seg', SEG_CONFIG, args.seg_iters, args.work_dir)
+        results['seg'] = train_and_test('seg', SEG_CONFIG, args.seg_iters, args.work_dir,
+                                        args.data_root)
 
     print('\n==== demo results (val tiles, models trained from scratch on the CPU)')
     if 'det' in results:
