@@ -4,8 +4,9 @@ Neighborhood attention is counted by the handles in :mod:`nat_mm.mm.flops` (its 
 multiply-adds), as in the NAT and DiNAT papers. Like mmdet's and mmseg's get_flops, the count is
 for one image through the inference path with ``mode='tensor'``: for detectors backbone, neck,
 RPN and RoI heads (1000 random proposals, masks for the first 100, as mmdet 2's forward_dummy
-that the papers used); for segmentors backbone and decode
-head (the auxiliary head only trains). The parameter count is the whole model's.
+that the papers used), or Mask2Former's pixel and transformer decoders (no post-processing); for
+segmentors backbone and decode head (the auxiliary head only trains). The parameter count is the
+whole model's.
 
 Examples:
     python tools/get_flops.py configs/det/mask_rcnn_nat_tiny_3x.py            # 1280x800
@@ -68,6 +69,9 @@ class _DetTensorForward(torch.nn.Module):
                                                  pad_shape=(h, w), batch_input_shape=(h, w),
                                                  scale_factor=(1., 1.)))
             outs.append(self._roi_forward(model.roi_head, feats, proposals, sample))
+        elif hasattr(model, 'panoptic_head'):  # MaskFormer / Mask2Former: pixel + transformer
+            # decoders; the data samples are only passed through (no post-processing counted)
+            outs.append(model.panoptic_head(feats, [DetDataSample()]))
         else:
             outs.append(model.bbox_head(feats) if hasattr(model, 'bbox_head') else feats)
         return outs
@@ -94,6 +98,9 @@ class _SegTensorForward(torch.nn.Module):
         self.model = model
 
     def forward(self, inputs):
+        head = self.model.decode_head
+        if hasattr(head, 'transformer_decoder'):  # Mask2Former's forward also takes samples
+            return head(self.model.extract_feat(inputs), [])
         return self.model._forward(inputs)
 
 

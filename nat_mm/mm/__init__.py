@@ -7,7 +7,8 @@ installed), allow-lists the data types of mmengine checkpoints for
 :mod:`nat_mm.mm.remote_checkpoint`).
 """
 from .checkpoint import (convert_checkpoint_file, convert_state_dict, detect_format,
-                         extract_state_dict, infer_nat_kwargs, load_pretrained)
+                         extract_state_dict, infer_nat_kwargs, interpolate_rpb, load_pretrained)
+from .mask2former_checkpoint import convert_d2_mask2former, convert_d2_mask2former_file
 from .registry import NAT, DiNAT, register_backbones
 from .remote_checkpoint import UnsafeCheckpointError, register_remote_schemes
 from .serialization import register_safe_globals, register_safe_pickling, safe_globals
@@ -20,5 +21,6 @@ __all__ = [
     'NAT', 'DiNAT', 'register_backbones', 'registered_in', 'register_safe_globals',
     'register_safe_pickling', 'safe_globals', 'register_remote_schemes', 'UnsafeCheckpointError',
     'convert_state_dict', 'convert_checkpoint_file', 'detect_format', 'extract_state_dict',
-    'infer_nat_kwargs', 'load_pretrained'
+    'infer_nat_kwargs', 'load_pretrained', 'interpolate_rpb', 'convert_d2_mask2former',
+    'convert_d2_mask2former_file'
 ]

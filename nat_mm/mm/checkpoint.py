@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import nn
 
@@ -26,7 +27,7 @@ from ..models import NAT, DiNAT_s
 
 __all__ = [
     'detect_format', 'convert_state_dict', 'extract_state_dict', 'infer_nat_kwargs',
-    'infer_dinat_s_kwargs',
+    'infer_dinat_s_kwargs', 'interpolate_rpb', 'resize_rpb_to_model',
     'load_pretrained', 'convert_checkpoint_file'
 ]
 
@@ -220,6 +221,71 @@ def infer_dinat_s_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict:
         out_indices=out_indices or list(range(len(depths))))
 
 
+def interpolate_rpb(rpb: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Resize a relative positional bias table to another kernel size, bicubically.
+
+    This is how the official 11x11 DiNAT-L checkpoint (``dinat_large_in22k_224_11x11interp``)
+    was made from the 7x7 one (the official NAT code says so next to its URL; Swin resizes its
+    bias tables the same way): the ``[heads, 2k-1, 2k-1]`` table is treated as a ``heads``-channel
+    image and resized with ``F.interpolate(mode='bicubic', align_corners=False)``.
+
+    Args:
+        rpb (Tensor): ``[heads, 2k-1, 2k-1]`` table of kernel size ``k``.
+        kernel_size (int): The new (odd) kernel size ``k'``.
+
+    Returns:
+        Tensor: ``[heads, 2k'-1, 2k'-1]``, same dtype; ``rpb`` itself when the size matches.
+
+    Raises:
+        ValueError: ``rpb`` is not a square 3-d table of odd side, or ``kernel_size`` < 1.
+    """
+    if rpb.dim() != 3 or rpb.shape[1] != rpb.shape[2] or rpb.shape[1] % 2 == 0:
+        raise ValueError(f'interpolate_rpb: rpb must be [heads, 2k-1, 2k-1], got '
+                         f'{tuple(rpb.shape)}')
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ValueError(f'interpolate_rpb: kernel_size must be an int >= 1, got {kernel_size!r}')
+    size = 2 * kernel_size - 1
+    if rpb.shape[1] == size:
+        return rpb
+    resized = F.interpolate(rpb[None].float(), size=(size, size), mode='bicubic',
+                            align_corners=False)
+    return resized[0].to(rpb.dtype)
+
+
+def resize_rpb_to_model(state_dict: Dict[str, torch.Tensor], model: nn.Module,
+                        source: str = 'resize_rpb_to_model') -> List[str]:
+    """Interpolate (in place) every ``*.attn.rpb`` of ``state_dict`` whose table size differs
+    from the model's, e.g. a 7x7 checkpoint (13x13 tables) loaded into an 11x11 model.
+
+    Args:
+        state_dict (dict): Converted weights, nat_mm names.
+        model (nn.Module): The backbone they are loaded into.
+        source (str): Name for the log message. Defaults to 'resize_rpb_to_model'.
+
+    Returns:
+        list[str]: The keys that were resized.
+
+    Raises:
+        ValueError: a table whose number of heads differs from the model's.
+    """
+    own = model.state_dict()
+    resized, sizes = [], set()
+    for key, value in state_dict.items():
+        if not key.endswith('attn.rpb') or key not in own or own[key].shape == value.shape:
+            continue
+        target = own[key].shape
+        if value.dim() != 3 or value.shape[0] != target[0]:
+            raise ValueError(f'{source}: {key} has shape {tuple(value.shape)}, the model needs '
+                             f'{tuple(target)}; only the kernel size can differ')
+        state_dict[key] = interpolate_rpb(value, (target[1] + 1) // 2)
+        resized.append(key)
+        sizes.add(f'{value.shape[1]}x{value.shape[2]} -> {target[1]}x{target[2]}')
+    if resized:
+        print_log(f'{source}: interpolated {len(resized)} rpb tables (bicubic, '
+                  f'{", ".join(sorted(sizes))}) to the model\'s kernel size', logger='current')
+    return resized
+
+
 def _check_incompatible(missing: List[str], unexpected: List[str], source: str) -> None:
     """Raise on missing backbone weights; log the keys that are expected to differ."""
     new_norms = [k for k in missing if _OUTPUT_NORM_KEYS.match(k)]
@@ -248,7 +314,8 @@ def load_pretrained(model: nn.Module,
 
     The file is read with mmengine's ``CheckpointLoader`` (local paths, URLs, ``open-mmlab://``
     ...). Output norms ``norm{i}`` may be absent (classification checkpoints do not have them;
-    they keep their initialisation); any other missing backbone weight is an error.
+    they keep their initialisation); any other missing backbone weight is an error. rpb tables
+    of another kernel size are interpolated to the model's (:func:`resize_rpb_to_model`).
 
     Args:
         model (nn.Module): The backbone.
@@ -276,6 +343,8 @@ def load_pretrained(model: nn.Module,
         if not state_dict:
             raise ValueError(f'load_pretrained: no key of {checkpoint} starts with {prefix!r}')
     state_dict, _ = convert_state_dict(state_dict, fmt)
+    # e.g. the 7x7 ImageNet-22k DiNAT-L checkpoint into the 11x11 model of Mask2Former
+    resize_rpb_to_model(state_dict, model, f'load_pretrained({checkpoint})')
     missing, unexpected = nn.Module.load_state_dict(model, state_dict, strict=False)
     _check_incompatible(missing, unexpected, f'load_pretrained({checkpoint})')
     return missing, unexpected
