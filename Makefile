@@ -4,6 +4,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nat_mm_setup_done
 CSRC := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many processes (pytest-xdist; each test file stays in one
+# process, so its module fixtures are built once) and then lists the 15 slowest tests.
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 .PHONY: setup test test-fast test-fuzz test-cuda-asan demo bench clean
 
@@ -14,10 +18,11 @@ $(STAMP): requirements/constraints.txt setup.py nat_mm/ops/_build.py tools/setup
 	bash tools/setup_env.sh
 
 test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(XDIST) $(PYTEST_ARGS)
 
+# The tests under 10 s each (`slow` marks the others).
 test-fast: setup
-	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # The hypothesis tests unseeded (a new random seed each run) with 10x the examples; `make test`
 # runs them derandomized with a fixed seed (tests/conftest.py).

@@ -4,6 +4,7 @@ import sys
 import pytest
 import torch
 from hypothesis import settings
+from mmengine.registry import DefaultScope
 
 sys.path.insert(0, os.path.dirname(__file__))  # for na_reference
 
@@ -18,10 +19,17 @@ settings.register_profile('nat_mm-ci', database=None, print_blob=True)
 settings.register_profile('nat_mm-fuzz', print_blob=True)
 settings.load_profile('nat_mm-fuzz' if FUZZ else 'nat_mm-ci')
 
+# pytest-xdist workers (`make test` runs two) share the cores: each worker's torch would
+# otherwise start one OpenMP thread per core, and threads spinning on a core the other worker
+# uses slow both down. The tool subprocesses set OMP_NUM_THREADS=1 (tools_common.ENV).
+XDIST_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+
 
 @pytest.hookimpl(tryfirst=True)  # before hypothesis' own pytest_configure reads the seed
 def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: long-running test (deselect with -m "not slow")')
+    config.addinivalue_line('markers', 'slow: a test over 10 s here (make test-fast deselects them)')
     if not FUZZ and getattr(config.option, 'hypothesis_seed', None) is None:
         config.option.hypothesis_seed = str(HYPOTHESIS_SEED)
 
@@ -44,3 +52,18 @@ def demo_data(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+_SESSION_SCOPES = dict(DefaultScope._instance_dict)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_default_scope():
+    """mmengine's default scope is process-wide: a Runner or ``init_default_scope`` in one test
+    would decide which registry a later test's ``MODELS.build`` searches (an mmengine Runner
+    leaves 'mmengine', whose registry knows none of our backbones), so the outcome would depend
+    on the test order, which pytest-xdist changes. Each test ends with the scopes the session
+    started with (module fixtures that build a Runner included)."""
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(_SESSION_SCOPES)

@@ -83,6 +83,7 @@ def test_argument_errors(bm, capsys):
         assert '--amp needs --device cuda' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_detector_and_segmentor_against_swin(tmp_path):
     out = tmp_path / 'bench.json'
     env = dict(os.environ, OMP_NUM_THREADS='1')

@@ -83,7 +83,8 @@ def test_torch_impl_exports_with_ceil_divided_dynamic_sizes():
 
 
 @needs_extension
-@pytest.mark.parametrize('cls', [NAT, DiNAT], ids=['NAT', 'DiNAT'])
+@pytest.mark.parametrize('cls', [NAT, pytest.param(DiNAT, marks=pytest.mark.slow)],
+                         ids=['NAT', 'DiNAT'])
 def test_torch_export_backbone_dynamic_hw_equals_eager(cls):
     from export_onnx import dynamic_ranges, torch_export
 
