@@ -220,14 +220,20 @@ def test_get_flops_cli(config, params):
     assert flops * 1e9 > na_flops((128, 160), (3, 4, 6, 5), (2, 4, 8, 16))
 
 
+NAT_TINY = (3, 4, 18, 5), (2, 4, 8, 16)
+DINAT_S_TINY = (2, 2, 6, 2), (3, 6, 12, 24)  # Swin-T's layout
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('config,shape,paper', [
-    ('configs/det/mask_rcnn_nat_tiny_3x.py', (1280, 800), 258),
-    ('configs/seg/upernet_nat_tiny_160k.py', (512, 2048), 934),
-], ids=['mask_rcnn-1280x800', 'upernet-512x2048'])
-def test_get_flops_reproduces_the_papers(config, shape, paper, monkeypatch, capsys):
-    """NAT-Tiny: Mask R-CNN 258G at 1280x800, UPerNet 934G at 512x2048 (the papers' tables),
-    with the NA handles counting every NA layer of the backbone, run in eval mode."""
+@pytest.mark.parametrize('config,shape,paper,layout', [
+    ('configs/det/mask_rcnn_nat_tiny_3x.py', (1280, 800), 258, NAT_TINY),
+    ('configs/seg/upernet_nat_tiny_160k.py', (512, 2048), 934, NAT_TINY),
+    ('configs/det/mask_rcnn_dinat_s_tiny_3x.py', (1280, 800), 263, DINAT_S_TINY),
+], ids=['mask_rcnn-1280x800', 'upernet-512x2048', 'mask_rcnn_dinat_s-1280x800'])
+def test_get_flops_reproduces_the_papers(config, shape, paper, layout, monkeypatch, capsys):
+    """NAT-Tiny: Mask R-CNN 258G at 1280x800, UPerNet 934G at 512x2048; DiNAT_s-Tiny: Mask
+    R-CNN 263G (the papers' tables), with the NA handles counting every NA layer of the
+    backbone, run in eval mode."""
     from mmengine.analysis import FlopAnalyzer
     monkeypatch.syspath_prepend(TOOLS)
     import get_flops
@@ -251,7 +257,7 @@ def test_get_flops_reproduces_the_papers(config, shape, paper, monkeypatch, caps
     assert not analyzer._model.model.training
     by_op = analyzer.by_operator()
     # the fused op ran in every layer (eval: no attention dropout path) and was counted
-    assert by_op['na2d_forward'] == na_flops(shape, (3, 4, 18, 5), (2, 4, 8, 16)), by_op
+    assert by_op['na2d_forward'] == na_flops(shape, *layout), by_op
     assert 'na2d_qk_forward' not in by_op and 'einsum' not in by_op, by_op
 
 
