@@ -20,7 +20,7 @@ $(STAMP): requirements/constraints.txt setup.py nat_mm/ops/_build.py tools/setup
 test: setup
 	$(PY) -m pytest tests $(XDIST) $(PYTEST_ARGS)
 
-# The quick tests: `slow` marks those over 10 s here (subprocess runs included) and a few 6-7 s
+# The quick tests: `slow` marks those over 10 s here (subprocess runs included) and a few 6-8 s
 # subprocess runs, to keep this under 3 minutes.
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow" $(XDIST) $(PYTEST_ARGS)

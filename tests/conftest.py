@@ -29,7 +29,7 @@ if XDIST_WORKERS > 1:
 
 @pytest.hookimpl(tryfirst=True)  # before hypothesis' own pytest_configure reads the seed
 def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: over 10 s here, or a 6-7 s subprocess run '
+    config.addinivalue_line('markers', 'slow: over 10 s here, or a 6-8 s subprocess run '
                             '(make test-fast skips them)')
     if not FUZZ and getattr(config.option, 'hypothesis_seed', None) is None:
         config.option.hypothesis_seed = str(HYPOTHESIS_SEED)

@@ -340,6 +340,7 @@ def test_dinat_bad_task_and_unknown_depths():
         DiNAT(arch='huge')
 
 
+@pytest.mark.slow  # a subprocess: 6-8 s here
 def test_layering_models_import_without_openmmlab():
     code = ('import sys\n'
             "for name in ('mmdet', 'mmseg', 'mmengine', 'mmcv'):\n"

@@ -98,7 +98,7 @@ def test_infer_tool_on_a_directory(task, checkpoints, demo_data, tmp_path):
                 assert c['pixels'] == int((labels == c['id']).sum())
 
 
-@pytest.mark.slow  # subprocesses: 6-7 s each here
+@pytest.mark.slow  # subprocesses: 6-8 s each here
 def test_infer_tool_errors(tmp_path):
     proc = tool('tools/infer.py', str(tmp_path / 'none'), SEG, str(tmp_path / 'x.pth'),
                 '--out-dir', str(tmp_path), check=False)
@@ -203,7 +203,7 @@ def test_visualize_attention_tool(checkpoints, demo_data, tmp_path):
     assert proc.returncode != 0 and 'outside the 128x128 image' in proc.stderr
 
 
-@pytest.mark.slow  # subprocesses: 6-7 s each here
+@pytest.mark.slow  # subprocesses: 6-8 s each here
 @pytest.mark.parametrize('name', ['benchmark_op', 'benchmark_backbone'])
 def test_benchmark_replot_writes_a_png(name, tmp_path):
     import cv2

@@ -29,7 +29,7 @@ def test_registered_in_both_registries(package, name):
     assert package in nat_mm.mm.registered_in
 
 
-@pytest.mark.slow  # subprocesses: 6-7 s each here
+@pytest.mark.slow  # subprocesses: 6-8 s each here
 def test_custom_imports_registers_in_a_fresh_process(tmp_path):
     """What a user config does: custom_imports, then type='NAT' in mmdet and mmseg."""
     config = tmp_path / 'cfg.py'

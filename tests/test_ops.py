@@ -251,6 +251,7 @@ _THREAD_SHARES = textwrap.dedent('''
 
 
 @pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason='needs Linux /proc')
+@pytest.mark.slow  # a subprocess: 6-8 s here
 def test_kernels_run_on_several_threads():
     """With 2 threads the second OS thread does about half the kernels' work, forward and
     backward; with 1 thread none. (The kernels ran single-threaded until the build passed
@@ -353,6 +354,7 @@ def _subprocess_env():
     return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
 
 
+@pytest.mark.slow  # a subprocess: 6-8 s here
 def test_fallback_warns_once_and_is_correct(tmp_path):
     """Without nat_mm._C (and no JIT build), the ops warn once, naming the build command, and
     the pure-PyTorch path they fall back to gives the oracle's outputs and gradients."""
@@ -395,6 +397,7 @@ def test_fallback_warns_once_and_is_correct(tmp_path):
     assert result.stdout.strip() == 'ok'
 
 
+@pytest.mark.slow  # a subprocess: 6-8 s here
 def test_no_kernel_for_the_device_warns_once_and_falls_back(tmp_path):
     """Tensors on a device the build has no kernel for (here 'meta') take the pure-PyTorch
     path, with one warning naming the device."""
