@@ -199,12 +199,7 @@ def test_loads_official_checkpoints_in_both_registries(tmp_path, num_classes, re
     pytest.importorskip(registry)
     import importlib
 
-    from mmengine.registry import init_default_scope
-
     import nat_mm  # noqa: F401
-    # an mmengine Runner of an earlier test leaves the default scope at 'mmengine', whose
-    # registry a build would search instead
-    init_default_scope(registry)
     MODELS = importlib.import_module(f'{registry}.registry').MODELS
     cfg = dict(type='DiNAT_s', arch='tiny', embed_dims=32, depths=(1, 1, 1, 1),
                num_heads=(1, 2, 4, 8), dilations=[[1]] * 4)
@@ -233,11 +228,8 @@ def test_loads_official_checkpoints_in_both_registries(tmp_path, num_classes, re
 def test_loads_the_dinat_large_in22k_checkpoint_layout(tmp_path):
     """DiNAT-L's ImageNet-22k checkpoint: NAT names at DiNAT-L widths, a 21841-class head."""
     pytest.importorskip('mmdet')
-    from mmengine.registry import init_default_scope
-
     import nat_mm  # noqa: F401
     from mmdet.registry import MODELS
-    init_default_scope('mmdet')
     cfg = dict(type='DiNAT', arch='large', depths=(1, 1, 1, 1), dilations=[[1]] * 4)
     reference = MODELS.build(cfg)
     assert reference.embed_dims == 192 and not reference.levels[0].blocks[0].layer_scale
