@@ -13,12 +13,12 @@ from torch import nn
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
 from mmengine.config import Config  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
 
 import nat_mm  # noqa: E402, F401
 from nat_mm.mm import (DiNAT, convert_d2_mask2former, interpolate_rpb,  # noqa: E402
                        load_pretrained)
 from nat_mm.models import DiNAT as PlainDiNAT  # noqa: E402
+from test_configs import load  # noqa: E402  the config with init_cfg cleared, its scope set
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # config -> task; every one is 220M parameters in DiNAT.md's Mask2Former tables
@@ -37,13 +37,6 @@ DILATIONS = [[1, 14, 1], [1, 4, 1, 7], [1, 2, 1, 3, 1, 2, 1, 3, 1, 2, 1, 3, 1, 2
 MINI = dict(arch='mini', depths=(1, 1, 2, 1), dilations=[[2], [1], [1, 2], [1]])
 MINI_CHANNELS = [64, 128, 256, 512]
 H, W = 64, 96
-
-
-def load(config):
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', config))
-    cfg.model.backbone.init_cfg = None
-    init_default_scope(cfg.default_scope)
-    return cfg
 
 
 def registry(cfg):
