@@ -24,10 +24,15 @@ def _check_pair(name: str, value: IntOrPair, op: str) -> Tuple[int, int]:
 
 
 def check_kernel_size_arg(kernel_size: IntOrPair, op: str = 'na2d') -> Tuple[int, int]:
-    """Return ``kernel_size`` as ``(kh, kw)``; each must be an odd int > 1."""
+    """Return ``kernel_size`` as ``(kh, kw)``; each must be an odd int >= 1.
+
+    A kernel of 1 on one axis is what 1-D neighborhood attention on a one-row map needs
+    (``nat_mm.compat.natten``'s ``na1d*`` run as ``(1, k)``).
+    """
     pair = _check_pair('kernel_size', kernel_size, op)
-    if any(k < 2 or k % 2 == 0 for k in pair):
-        raise ValueError(f'{op}: kernel_size must be odd and > 1 on each axis, got {kernel_size=}')
+    if any(k < 1 or k % 2 == 0 for k in pair):
+        raise ValueError(f'{op}: kernel_size must be odd and >= 1 on each axis, '
+                         f'got {kernel_size=}')
     return pair
 
 
