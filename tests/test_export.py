@@ -205,7 +205,7 @@ def test_export_onnx_from_checkpoint_and_detector_error(tmp_path, capsys):
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
 
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(export_onnx.ExportError) as info:
         export_onnx.main([DET, '--shape', '128', '128', '--out', str(tmp_path / 'det.onnx')])
     message = str(info.value)
     assert 'MaskRCNN' in message and 'RoI' in message and 'mmdeploy' in message

@@ -22,7 +22,7 @@ from mmengine.runner import CheckpointLoader, load_checkpoint  # noqa: E402
 from mmengine.runner import checkpoint as mm_checkpoint  # noqa: E402
 
 from nat_mm.mm import NAT, UnsafeCheckpointError, load_pretrained  # noqa: E402
-from nat_mm.mm import remote_checkpoint  # noqa: E402
+from nat_mm.mm import checkpoint_io, remote_checkpoint  # noqa: E402
 from test_checkpoint import (_train_with_runner, official_cls_state_dict,  # noqa: E402,F401
                              runner_checkpoint)
 from tools_common import ENV, SEG, data_options, tool  # noqa: E402
@@ -101,7 +101,7 @@ def assert_refused(excinfo, source, marker):
     message = str(excinfo.value)
     assert f'refused to load the checkpoint {source}' in message
     assert 'posix.system' in message  # why
-    assert 'tools/convert_checkpoint.py' in message  # what to do
+    assert 're-save just its tensors from trusted code' in message  # what to do
     assert not marker.exists(), 'the hostile pickle ran'
 
 
@@ -125,12 +125,12 @@ def test_every_remote_scheme_has_a_weights_only_loader(path):
     assert loader.__module__ == remote_checkpoint.__name__, loader
 
 
-def test_no_scheme_is_left_to_mmengines_remote_loaders():
-    """Every registered prefix but the local one ('', torch's default weights_only=True) is
-    ours: a scheme added by a newer mmengine fails here instead of loading unsafely."""
+def test_no_scheme_is_left_to_mmengines_loaders():
+    """Every registered prefix is ours, the local one ('') included (nat_mm's one loader, with
+    its errors): a scheme added by a newer mmengine fails here instead of loading unsafely."""
     others = {prefix: loader for prefix, loader in CheckpointLoader._schemes.items()
               if loader.__module__ != remote_checkpoint.__name__}
-    assert others == {'': mm_checkpoint.load_from_local}
+    assert others == {'': checkpoint_io.load_from_local}
 
 
 # --- hostile checkpoints are refused, in-process ----------------------------------------------
@@ -216,6 +216,31 @@ def test_hostile_checkpoint_via_pavi_and_s3_is_refused(hostile, server, monkeypa
     assert_refused(excinfo, 'cluster:s3://bucket/hostile.pth', marker)
 
 
+# --- downloads that fail, or that are no checkpoint -------------------------------------------
+
+def test_missing_url_names_the_checkpoint_and_its_config_key(server):
+    url = server.url('nat_mini.pth')  # not served: HTTP 404
+    model = NAT(arch='mini', init_cfg=dict(type='Pretrained', checkpoint=url))
+    with pytest.raises(checkpoint_io.CheckpointFetchError) as excinfo:
+        model.init_weights()
+    message = str(excinfo.value)
+    assert f'could not fetch the checkpoint {url} (set by model.backbone.init_cfg.checkpoint): ' \
+        in message
+    assert 'HTTP Error 404' in message
+    assert '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/nat_mini.pth' in message
+
+
+def test_a_web_page_instead_of_the_checkpoint_is_named_so(server, torch_home):
+    (server.root / 'nat_mini.pth').write_text('<!DOCTYPE html><html>Sign in</html>')
+    url = server.url('nat_mini.pth')
+    with pytest.raises(checkpoint_io.UnreadableCheckpointError) as excinfo:
+        CheckpointLoader.load_checkpoint(url, map_location='cpu')
+    message = str(excinfo.value)
+    cached = torch_home / 'hub' / 'checkpoints' / 'nat_mini.pth'
+    assert f'cannot load the checkpoint {url} (35 bytes): it is an HTML/XML page' in message
+    assert f'The downloaded copy is {cached}: delete it to download again' in message
+
+
 # --- legitimate checkpoints load as from a file -----------------------------------------------
 
 def test_runner_checkpoint_over_http_equals_the_file(runner_checkpoint, server, torch_home):
@@ -290,6 +315,6 @@ def test_tools_refuse_hostile_http_checkpoint(how, hostile, demo_data, tmp_path)
     proc = tool(*args, env=env, check=False)
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert not marker.exists(), 'the hostile pickle ran'
-    assert f'UnsafeCheckpointError: refused to load the checkpoint {url}' in proc.stderr, \
-        proc.stderr[-3000:]
-    assert 'posix.system' in proc.stderr and 'tools/convert_checkpoint.py' in proc.stderr
+    assert f'error: refused to load the checkpoint {url}' in proc.stderr, proc.stderr[-3000:]
+    assert 'posix.system' in proc.stderr and 're-save just its tensors' in proc.stderr
+    assert 'Traceback' not in proc.stderr

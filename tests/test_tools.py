@@ -358,13 +358,15 @@ def test_slurm_scripts_need_four_arguments(tmp_path):
 # --- tools/train.py and tools/test.py: argument errors, in-process ---------------------------
 
 def _run_tool(name, argv, monkeypatch):
-    """Run tools/<name>.py's main in this process (what `python tools/<name>.py ...` does)."""
+    """Run tools/<name>.py's main in this process (what `python tools/<name>.py ...` does, but
+    with the exceptions raised: nat_mm.mm.cli.run would print a user-input error as one line,
+    which tests/test_bad_inputs.py checks)."""
     import runpy
     monkeypatch.syspath_prepend(TOOLS)
     monkeypatch.setattr(sys, 'argv', [f'tools/{name}.py', *argv])
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv('LOCAL_RANK', os.environ.get('LOCAL_RANK', '0'))  # restored afterwards
-    runpy.run_path(os.path.join(TOOLS, f'{name}.py'), run_name='__main__')
+    runpy.run_path(os.path.join(TOOLS, f'{name}.py'), run_name=f'nat_mm_tool_{name}')['main']()
 
 
 def test_test_out_must_be_a_pickle_for_detection(data_root, tmp_path, monkeypatch):

@@ -17,6 +17,9 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from mmengine.config import Config, ConfigDict
 
+from nat_mm.mm.checkpoint_io import CheckpointNotFoundError
+from nat_mm.mm.cli import InputNotFoundError, InputValueError, UnsupportedInputError
+
 _DATA_HINTS = {
     'CocoDataset': (
         'COCO 2017 is expected under data/coco/ (annotations/, train2017/, val2017/). Get it '
@@ -33,15 +36,20 @@ def task_of(cfg: Config) -> str:
     """Return ``'det'`` or ``'seg'`` from the config's ``default_scope``.
 
     Raises:
-        ValueError: the scope is neither ``mmdet`` nor ``mmseg``.
+        InputValueError: (a ``ValueError``) the scope is neither ``mmdet`` nor ``mmseg``, or
+            the config has no ``model``.
     """
     scope = cfg.get('default_scope')
-    if scope == 'mmdet':
-        return 'det'
-    if scope == 'mmseg':
-        return 'seg'
-    raise ValueError(f'cannot tell the task of this config: default_scope={scope!r}; expected '
-                     "'mmdet' (detection) or 'mmseg' (segmentation)")
+    name = f' {cfg.filename}' if getattr(cfg, 'filename', None) else ''
+    if scope not in ('mmdet', 'mmseg'):
+        raise InputValueError(
+            f'cannot tell the task of the config{name}: default_scope={scope!r}; expected '
+            "'mmdet' (detection) or 'mmseg' (segmentation): give an mmdet or mmseg model config "
+            "(or set default_scope)")
+    if not isinstance(cfg.get('model'), dict):
+        raise InputValueError(f'the config{name} defines no model: give a detector or '
+                              'segmentor config (e.g. configs/det/mask_rcnn_nat_tiny_3x.py)')
+    return 'det' if scope == 'mmdet' else 'seg'
 
 
 def _replace_syncbn(node) -> int:
@@ -104,12 +112,13 @@ def init_cpu_distributed(cfg: Config, launcher: str) -> None:
     workaround; everything after it is mmengine's usual distributed path.
 
     Raises:
-        NotImplementedError: a launcher other than ``pytorch`` (torchrun) without CUDA.
+        UnsupportedInputError: (a ``NotImplementedError``) a launcher other than ``pytorch``
+            (torchrun) without CUDA.
     """
     if launcher == 'none' or torch.cuda.is_available():
         return
     if launcher != 'pytorch':
-        raise NotImplementedError(
+        raise UnsupportedInputError(
             f'multi-process runs without CUDA are supported with --launcher pytorch (torchrun, '
             f'e.g. tools/dist_train.sh CONFIG 2), got --launcher {launcher}')
     if not torch.distributed.is_initialized():
@@ -153,7 +162,8 @@ def _dataset_paths(dataset: dict, where: str) -> Iterator[Tuple[str, str, str]]:
 
 
 def check_data_paths(cfg: Config, dataloaders: List[str]) -> None:
-    """Raise ``FileNotFoundError`` naming the first missing dataset path and how to get it.
+    """Raise ``InputNotFoundError`` (a ``FileNotFoundError``) naming the first missing dataset
+    path and how to get it.
 
     Args:
         cfg (Config): the config.
@@ -174,16 +184,17 @@ def check_data_paths(cfg: Config, dataloaders: List[str]) -> None:
         if '://' in path or osp.exists(path):
             continue
         hint = _DATA_HINTS.get(dtype, 'Download the dataset the config names.')
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f'dataset path not found: {path} (from {key}, dataset type {dtype or "?"}). '
             f'{hint} Or point the config at your copy, e.g. --cfg-options '
             f'{key.split(".")[0]}.dataset.data_root=/path/to/data/. {_DEMO_HINT}')
 
 
 def check_checkpoint(path: Optional[str], what: str) -> None:
-    """Raise ``FileNotFoundError`` when a local checkpoint file is missing (URLs pass)."""
+    """Raise ``CheckpointNotFoundError`` (a ``FileNotFoundError``) when a local checkpoint
+    file is missing (URLs pass)."""
     if path and '://' not in path and not osp.isfile(path):
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f'{what} not found: {path}. Pass the path of a checkpoint written by '
             f'tools/train.py (work_dirs/<config>/epoch_N.pth or iter_N.pth) or a URL.')
 
@@ -202,7 +213,7 @@ def check_pretrained(cfg: Config) -> None:
                       'model.backbone.init_cfg=None'))
     for path, key, scratch in paths:
         if isinstance(path, str) and path and '://' not in path and not osp.isfile(path):
-            raise FileNotFoundError(
+            raise CheckpointNotFoundError(
                 f'pretrained backbone checkpoint not found: {path} ({key}).'
                 ' Use the official URL (configs name them), download it there, or train from '
                 f'scratch with --cfg-options {scratch}.')

@@ -54,7 +54,10 @@ sys.path.insert(0, str(TOOLS))
 import nat_mm  # noqa: E402,F401  registers NAT and DiNAT
 from _common import task_of  # noqa: E402
 from benchmark_backbone import PeakMemory  # noqa: E402
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.config import Config, ConfigDict  # noqa: E402
+
+from nat_mm.mm.cli import DictAction, InputValueError, run  # noqa: E402
+from nat_mm.mm.cli import load_config as load_user_config  # noqa: E402
 
 # (H, W) when --shape is not given: mmdet's 1333x800 test scale rounded to a multiple of 32,
 # and ADE20K's 512x512 crops.
@@ -104,7 +107,10 @@ def parse_args(argv=None):
         parser.error('--batch, --repeats and --num-boxes must be >= 1, --warmup >= 0')
     if args.shape is not None and min(args.shape) < 32:
         parser.error(f'--shape must be at least 32x32, got {args.shape[0]}x{args.shape[1]}')
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f'--device must be cpu or cuda[:i], got {args.device!r}')
     if device.type == 'cuda' and not torch.cuda.is_available():
         parser.error(f'--device {args.device}: CUDA is not available here')
     if device.type not in ('cpu', 'cuda'):
@@ -145,11 +151,11 @@ def load_config(path: str, cfg_options: Optional[dict] = None,
     """Load a config for benchmarking: options merged, no pretrained weights, seg crop = shape.
 
     Raises:
-        ValueError: the config is neither an mmdet nor an mmseg config.
+        InputValueError: (a ``ValueError``) the config is neither an mmdet nor an mmseg config,
+            or the options do not fit it.
+        InputNotFoundError: the config (or a ``_base_`` of it) does not exist.
     """
-    cfg = Config.fromfile(path)  # imports custom_imports (nat_mm) itself
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_user_config(path, cfg_options)  # imports custom_imports (nat_mm) itself
     task = task_of(cfg)
     cfg.model.get('backbone', {})['init_cfg'] = None
     clear_pretrained(cfg._cfg_dict)
@@ -177,7 +183,7 @@ def _set_in_channels(node: dict, where: str, out_indices: Sequence[int]) -> None
         else:
             raise IndexError
     except (IndexError, TypeError):
-        raise ValueError(
+        raise InputValueError(
             f'cannot point {where}.in_channels={in_channels!r} (in_index={in_index!r}) at a '
             f'Swin-T backbone with out_indices {tuple(out_indices)}') from None
 
@@ -197,7 +203,7 @@ def swin_baseline(cfg: Config) -> Config:
     model = swin.model
     out_indices = tuple(model.backbone.get('out_indices', (0, 1, 2, 3)))
     if not out_indices or not set(out_indices) <= set(range(4)):
-        raise ValueError(f'backbone out_indices {out_indices} are not Swin-T levels 0-3')
+        raise InputValueError(f'backbone out_indices {out_indices} are not Swin-T levels 0-3')
     backbone = dict(SWIN_T, out_indices=out_indices)
     if task == 'det':
         backbone.update(type='mmdet.SwinTransformer', convert_weights=False)
@@ -321,7 +327,7 @@ def run_once(entry: Entry, mode: str, device: torch.device, autocast_dtype) -> t
             except ValueError as error:
                 if 'more than 1 value per channel' not in str(error):
                     raise
-                raise ValueError(
+                raise InputValueError(
                     f'{entry.name}: training with {entry.batch[mode]} image per batch fails in a '
                     f'BatchNorm layer ({error}); use --batch 2 or more') from None
         if device.type == 'cuda':
@@ -444,4 +450,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -16,11 +16,13 @@ Example::
         m2f_ade.pth --format d2-mask2former --head decode_head
 """
 import argparse
+import os.path as osp
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nat_mm.mm import convert_checkpoint_file, convert_d2_mask2former_file  # noqa: E402
+from nat_mm.mm.cli import run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,7 +35,13 @@ def parse_args(argv=None):
     parser.add_argument('--head', choices=('panoptic_head', 'decode_head'),
                         default='panoptic_head', help='d2-mask2former only: the head name of '
                         'the target config (panoptic_head: mmdet, decode_head: mmseg)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if osp.isdir(args.dst):
+        parser.error(f'dst {args.dst} is a directory: give the output file, e.g. '
+                     f'{osp.join(args.dst, "converted.pth")}')
+    if not osp.isdir(osp.dirname(osp.abspath(args.dst))):
+        parser.error(f'the directory of dst {args.dst} does not exist: create it first')
+    return args
 
 
 def main(argv=None) -> int:
@@ -57,4 +65,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run(main)

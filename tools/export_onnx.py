@@ -39,19 +39,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from mmengine.config import DictAction
 from torch.export import Dim
 
 from nat_mm.ops import export_decompositions
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _models import load_model  # noqa: E402
+from nat_mm.mm.cli import DictAction, ModelTypeError, positive_int, run  # noqa: E402
 
 MMDEPLOY = 'https://github.com/open-mmlab/mmdeploy'
 
 
-class ExportError(RuntimeError):
-    """A model this tool cannot export, with the reason and what to do instead."""
+class ExportError(ModelTypeError, RuntimeError):
+    """A model this tool cannot export, with the reason and what to do instead (a user-input
+    error: :func:`nat_mm.mm.cli.run` prints it as one line)."""
 
 
 class BackboneOutputs(torch.nn.Module):
@@ -210,8 +211,8 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, out: str,
     ep = ep.run_decompositions(export_decompositions())
     leftover = sorted({str(n.target) for n in ep.graph.nodes
                        if n.op == 'call_function' and 'nat_mm' in str(n.target)})
-    if leftover:
-        raise ExportError(f'export_onnx: no decomposition for {leftover}')
+    if leftover:  # a bug: every nat_mm op has a decomposition
+        raise RuntimeError(f'export_onnx: no decomposition for {leftover}')
     program = torch.onnx.export(ep, (example, ), dynamo=True, input_names=['inputs'],
                                 output_names=list(output_names), opset_version=opset,
                                 optimize=optimize == 'full', verbose=False)
@@ -259,12 +260,12 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', nargs='?', default=None,
                         help='checkpoint (tools/train.py); default: the config\'s own init')
-    parser.add_argument('--shape', type=int, nargs=2, required=True, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, required=True, metavar=('H', 'W'),
                         help='example input size (H and W are dynamic around it)')
     parser.add_argument('--out', required=True, help='the .onnx file to write')
     parser.add_argument('--backbone', action='store_true',
                         help='export the backbone alone (its four maps as outputs)')
-    parser.add_argument('--check-shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--check-shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='second size for the onnxruntime check (default: one in range)')
     parser.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')
     parser.add_argument('--atol', type=float, default=1e-3,
@@ -276,16 +277,16 @@ def parse_args(argv=None):
                         '(minutes longer, see basic_optimize)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if osp.isdir(args.out) or not osp.isdir(osp.dirname(osp.abspath(args.out))):
+        parser.error(f'--out {args.out}: give a .onnx file in an existing directory')
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     _, model, _ = load_model(args.config, args.checkpoint, args.cfg_options)
-    try:
-        module, output_names = exportable(model, args.backbone)
-    except ExportError as error:
-        sys.exit(str(error))
+    module, output_names = exportable(model, args.backbone)
     shape = tuple(args.shape)
     example = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
     ep = export_onnx(module, example, args.out, output_names, args.opset, args.optimize)
@@ -314,4 +315,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

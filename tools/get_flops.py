@@ -19,12 +19,13 @@ import argparse
 import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.print_helper import complexity_stats_table
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
 
 import nat_mm  # noqa: F401  registers NAT and DiNAT
 from _common import task_of
+from nat_mm.mm.cli import DictAction, load_config, positive_int, run
 from nat_mm.mm.flops import add_na_flop_handles
 
 # (H, W) used in the papers: 1280x800 for COCO, 512x2048 for ADE20K.
@@ -35,7 +36,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description='Count FLOPs and parameters of a model')
     parser.add_argument('config', help='config file path')
     parser.add_argument(
-        '--shape', type=int, nargs=2, metavar=('H', 'W'),
+        '--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
         help='input image size; defaults to 1280 800 (detection) or 512 2048 (segmentation)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, help='override config settings')
@@ -133,9 +134,7 @@ def count(cfg: Config, shape, table: bool = False):
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg)
     shape = tuple(args.shape) if args.shape else DEFAULT_SHAPES[task]
     flops, params = count(cfg, shape, args.table)
@@ -144,4 +143,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

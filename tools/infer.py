@@ -25,10 +25,13 @@ from collections import Counter
 from typing import List
 
 import numpy as np
-from mmengine.config import Config
 from mmengine.utils import ProgressBar
 
 import nat_mm  # noqa: F401  registers NAT and DiNAT, allow-lists checkpoint types
+from nat_mm.mm.checkpoint_io import CheckpointContentError, checkpoint_origin
+from nat_mm.mm.cli import (InputNotFoundError, InputValueError, load_config, require_output_dir,
+                           run)
+from nat_mm.mm.legacy_checkpoint import check_checkpoint_keys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import check_checkpoint, task_of  # noqa: E402
@@ -49,28 +52,60 @@ def parse_args(argv=None):
 
 
 def list_images(inputs: str) -> List[str]:
-    """The image files: ``inputs`` itself, or those in the directory ``inputs`` (sorted)."""
+    """The image files: ``inputs`` itself, or those in the directory ``inputs`` (sorted).
+
+    Raises:
+        InputNotFoundError: ``inputs`` does not exist, or the directory holds no images.
+        InputValueError: an image OpenCV cannot decode.
+    """
     if osp.isfile(inputs):
-        return [inputs]
-    if not osp.isdir(inputs):
-        raise FileNotFoundError(f'infer: no such image or directory: {inputs}')
-    paths = sorted(osp.join(inputs, name) for name in os.listdir(inputs)
-                   if name.lower().endswith(IMAGE_EXTENSIONS))
+        paths = [inputs]
+    elif not osp.isdir(inputs):
+        raise InputNotFoundError(f'infer: no such image or directory: {inputs}')
+    else:
+        paths = sorted(osp.join(inputs, name) for name in os.listdir(inputs)
+                       if name.lower().endswith(IMAGE_EXTENSIONS))
     if not paths:
-        raise FileNotFoundError(f'infer: no images ({", ".join(IMAGE_EXTENSIONS)}) in {inputs}')
+        raise InputNotFoundError(f'infer: no images ({", ".join(IMAGE_EXTENSIONS)}) in {inputs}')
+    import cv2
+    for path in paths:
+        if not cv2.haveImageReader(path):
+            raise InputValueError(f'infer: cannot read the image {path}: not an image file '
+                                  f'OpenCV can decode (give {", ".join(IMAGE_EXTENSIONS)} files)')
     return paths
 
 
+class _CheckedWeights:
+    """Inferencer mixin: check the checkpoint against the model before loading it (the
+    inferencers load with ``strict=False``, so a checkpoint of another model would only log a
+    warning and predict garbage)."""
+
+    checkpoint_name = 'checkpoint'
+
+    def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
+        if checkpoint is not None:
+            state_dict = checkpoint.get('state_dict') if isinstance(checkpoint, dict) else None
+            if not isinstance(state_dict, dict):
+                raise CheckpointContentError(
+                    f'{self.checkpoint_name} has no state_dict entry: give a checkpoint that '
+                    'tools/train.py wrote for this config')
+            check_checkpoint_keys(model, state_dict, self.checkpoint_name)
+        super()._load_weights_to_model(model, checkpoint, cfg)
+
+
 def build_inferencer(config: str, checkpoint: str, device=None):
-    """``(task, inferencer)`` for the config: DetInferencer or MMSegInferencer."""
-    task = task_of(Config.fromfile(config))
+    """``(task, inferencer)`` for the config: DetInferencer or MMSegInferencer, checking the
+    checkpoint against the model (:class:`_CheckedWeights`)."""
+    task = task_of(load_config(config))
     if task == 'det':
-        from mmdet.apis import DetInferencer
-        inferencer = DetInferencer(model=config, weights=checkpoint, device=device,
-                                   show_progress=False)
+        from mmdet.apis import DetInferencer as Inferencer
+        kwargs = dict(show_progress=False)
     else:
-        from mmseg.apis import MMSegInferencer
-        inferencer = MMSegInferencer(model=config, weights=checkpoint, device=device)
+        from mmseg.apis import MMSegInferencer as Inferencer
+        kwargs = {}
+    checked = type(f'Checked{Inferencer.__name__}', (_CheckedWeights, Inferencer),
+                   dict(checkpoint_name=f'checkpoint {checkpoint}'))
+    inferencer = checked(model=config, weights=checkpoint, device=device, **kwargs)
     inferencer.show_progress = False  # this tool draws one bar over all images
     return task, inferencer
 
@@ -112,10 +147,12 @@ def infer_seg(inferencer, path: str, out_dir: str) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    load_config(args.config)  # a missing or broken config is an error before anything runs
     check_checkpoint(args.checkpoint, 'checkpoint')
     paths = list_images(args.inputs)
-    task, inferencer = build_inferencer(args.config, args.checkpoint, args.device)
-    os.makedirs(args.out_dir, exist_ok=True)
+    require_output_dir(args.out_dir)
+    with checkpoint_origin('the CHECKPOINT argument'):
+        task, inferencer = build_inferencer(args.config, args.checkpoint, args.device)
     summary = []
     bar = ProgressBar(len(paths))
     for path in paths:
@@ -134,4 +171,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

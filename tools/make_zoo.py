@@ -157,10 +157,9 @@ def count_params(cfg) -> int:
 
 
 def load_config(config: str):
-    from mmengine.config import Config
-
     import nat_mm  # noqa: F401  registers the backbones
-    return Config.fromfile(osp.join(ROOT, 'configs', config))
+    from nat_mm.mm.cli import load_config as load_user_config
+    return load_user_config(osp.join(ROOT, 'configs', config))
 
 
 def _link(url: Optional[str], text: str) -> str:
@@ -277,8 +276,9 @@ def main(argv=None) -> int:
     configs = list_configs()
     unknown = sorted(set(configs) - set(OFFICIAL))
     if unknown:
-        raise SystemExit(f'no official results for {unknown}: add them to OFFICIAL in '
-                         'tools/make_zoo.py')
+        from nat_mm.mm.cli import ConfigError
+        raise ConfigError(f'no official results for {unknown}: add them to OFFICIAL in '
+                          'tools/make_zoo.py')
     if args.measure_flops:
         measure_flops(args.measure_flops)
     text = render(configs, read_flops())
@@ -296,4 +296,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.path.insert(0, ROOT)
+    from nat_mm.mm.cli import run
+    run(main)

@@ -36,6 +36,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nat_mm.mm.cli import InputValueError, UserInputError, positive_int, run  # noqa: E402
+
 STARDIST = 'stardist==0.9.2'
 MEMBERS = {'img2d.tif': 'stardist/data/images/img2d.tif',
            'mask2d.tif': 'stardist/data/images/mask2d.tif'}
@@ -45,8 +48,9 @@ CLASSES = ('nucleus', )
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out-dir', default='data/demo', help='output directory')
-    parser.add_argument('--tile', type=int, default=128, help='tile size (pixels)')
-    parser.add_argument('--stride', type=int, default=64, help='train tile stride (pixels)')
+    parser.add_argument('--tile', type=positive_int, default=128, help='tile size (pixels)')
+    parser.add_argument('--stride', type=positive_int, default=64,
+                        help='train tile stride (pixels)')
     parser.add_argument(
         '--split-x', type=int, default=384,
         help='columns left of this are train, right of it val')
@@ -71,7 +75,7 @@ def fetch_raw(raw_dir: Path) -> None:
         try:
             subprocess.run(cmd, check=True)
         except subprocess.CalledProcessError as err:
-            raise RuntimeError(
+            raise UserInputError(
                 f'`{" ".join(cmd)}` failed ({err}). The demo needs the stardist 0.9.2 wheel from '
                 f'PyPI; download it elsewhere and copy it into {cache}, or put img2d.tif and '
                 f'mask2d.tif from its stardist/data/images/ into {raw_dir}.') from err
@@ -147,12 +151,12 @@ def main():
     img = cv2.imread(str(raw_dir / 'img2d.tif'), cv2.IMREAD_UNCHANGED)
     labels = cv2.imread(str(raw_dir / 'mask2d.tif'), cv2.IMREAD_UNCHANGED)
     if img is None or labels is None or img.shape[:2] != labels.shape[:2]:
-        raise RuntimeError(f'could not read img2d.tif/mask2d.tif from {raw_dir}; delete it and '
-                           'run again')
+        raise InputValueError(f'could not read img2d.tif/mask2d.tif from {raw_dir}; delete it '
+                              'and run again')
     height, width = labels.shape[:2]
     if not args.tile <= args.split_x <= width - args.tile:
-        raise ValueError(f'--split-x must leave a full tile on both sides: tile={args.tile}, '
-                         f'split_x={args.split_x}, image width={width}')
+        raise InputValueError(f'--split-x must leave a full tile on both sides: '
+                              f'tile={args.tile}, split_x={args.split_x}, image width={width}')
     rgb = to_rgb8(img)
     for sub in ('images', 'seg_maps', 'annotations'):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
@@ -167,4 +171,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -25,6 +25,9 @@ import sys
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from nat_mm.mm.cli import UserInputError, positive_int, run as run_main  # noqa: E402
+
 DET_CONFIG = 'configs/det/demo_mask_rcnn_nat_mini.py'
 SEG_CONFIG = 'configs/seg/demo_upernet_nat_mini.py'
 
@@ -34,17 +37,23 @@ def parse_args():
     parser.add_argument('--work-dir', default='work_dirs/demo', help='where outputs go')
     parser.add_argument('--data-root', default='data/demo/',
                         help='where tools/prepare_demo_data.py writes the tiles (and finds raw/)')
-    parser.add_argument('--det-iters', type=int, help='override the det config\'s max_iters')
-    parser.add_argument('--seg-iters', type=int, help='override the seg config\'s max_iters')
+    parser.add_argument('--det-iters', type=positive_int,
+                        help='override the det config\'s max_iters')
+    parser.add_argument('--seg-iters', type=positive_int,
+                        help='override the seg config\'s max_iters')
     parser.add_argument('--skip-det', action='store_true', help='run segmentation only')
     parser.add_argument('--skip-seg', action='store_true', help='run detection only')
     return parser.parse_args()
 
 
 def run(cmd, title):
+    """Run one step; a failed step ends the demo with one line (the step printed why)."""
     print(f'\n==== {title}\n$ {" ".join(cmd)}', flush=True)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    returncode = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    if returncode:
+        raise UserInputError(f'step "{title}" failed (exit status {returncode}); its output '
+                             'above says why')
 
 
 def iter_options(config, iters):
@@ -137,4 +146,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -11,12 +11,14 @@ import argparse
 import os.path as osp
 import warnings
 
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import ConfigDict
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import nat_mm  # noqa: F401  registers NAT and DiNAT even without custom_imports
 import nat_mm.mm.legacy_checkpoint  # noqa: F401  registers LegacyCheckpointHook
+from nat_mm.mm.checkpoint_io import checkpoint_origin
+from nat_mm.mm.cli import ConfigError, DictAction, InputValueError, load_config, run
 from _common import (adapt_to_cpu, check_checkpoint, check_data_paths, default_work_dir,
                      finish_distributed, init_cpu_distributed, set_local_rank_env, task_of)
 
@@ -55,9 +57,9 @@ def parse_args():
 
 def trigger_visualization_hook(cfg, args, task):
     """Turn on the visualization hook for --show/--show-dir (mmdet's and mmseg's way)."""
-    hook = cfg.default_hooks.get('visualization')
+    hook = (cfg.get('default_hooks') or {}).get('visualization')
     if hook is None:
-        raise RuntimeError('--show/--show-dir need a `visualization` entry in '
+        raise ConfigError('--show/--show-dir need a `visualization` entry in '
                            'default_hooks (DetVisualizationHook or SegVisualizationHook)')
     hook['draw'] = True
     if args.show:
@@ -83,18 +85,16 @@ def apply_tta(cfg, task):
                              tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
                                           max_per_img=100))
     if 'tta_pipeline' not in cfg or 'tta_model' not in cfg:
-        raise RuntimeError('--tta needs `tta_pipeline` (and for segmentation `tta_model`) in the '
-                           'config')
+        raise ConfigError('--tta needs `tta_pipeline` (and for segmentation `tta_model`) in the '
+                          'config')
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     task = task_of(cfg)
     if task == 'det':
         from mmdet.utils import setup_cache_size_limit_of_dynamo
@@ -114,7 +114,7 @@ def main():
     if args.out is not None and task == 'seg':
         cfg.test_evaluator['output_dir'] = args.out
     if args.out is not None and task == 'det' and not args.out.endswith(('.pkl', '.pickle')):
-        raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')
+        raise InputValueError(f'--out must be a .pkl or .pickle file, got {args.out}')
 
     adapt_to_cpu(cfg, args.launcher)
     check_data_paths(cfg, ['test_dataloader'])
@@ -124,9 +124,10 @@ def main():
     if args.out is not None and task == 'det':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    runner.test()
+    with checkpoint_origin('the CHECKPOINT argument'):
+        runner.test()
     finish_distributed()
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

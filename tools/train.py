@@ -12,11 +12,12 @@ tools/_common.py.
 import argparse
 import os
 
-from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import nat_mm  # noqa: F401  registers NAT and DiNAT even without custom_imports
+from nat_mm.mm.checkpoint_io import checkpoint_origin
+from nat_mm.mm.cli import ConfigError, DictAction, InputValueError, load_config, run
 from _common import (adapt_to_cpu, check_checkpoint, check_data_paths, check_pretrained,
                      default_work_dir, finish_distributed, init_cpu_distributed,
                      set_local_rank_env, task_of)
@@ -62,31 +63,29 @@ def world_size(launcher: str) -> int:
     for name in variables:
         if os.environ.get(name):
             return int(os.environ[name])
-    raise RuntimeError(f'--launcher {launcher}: cannot tell the world size, none of '
-                       f'{list(variables)} is set (start the run with torchrun, srun or mpirun)')
+    raise ConfigError(f'--launcher {launcher}: cannot tell the world size, none of '
+                      f'{list(variables)} is set (start the run with torchrun, srun or mpirun)')
 
 
 def per_process_batch_size(total: int, world: int) -> int:
     """Split a total batch evenly over ``world`` processes.
 
     Raises:
-        ValueError: ``total`` < 1, or ``world`` not dividing it.
+        InputValueError: (a ``ValueError``) ``total`` < 1, or ``world`` not dividing it.
     """
     if total < 1:
-        raise ValueError(f'--total-batch-size must be >= 1, got {total}')
+        raise InputValueError(f'--total-batch-size must be >= 1, got {total}')
     if total % world:
         divisors = [n for n in range(1, total + 1) if total % n == 0]
-        raise ValueError(f'--total-batch-size {total} cannot be split evenly over {world} '
+        raise InputValueError(f'--total-batch-size {total} cannot be split evenly over {world} '
                          f'processes; use a number of GPUs in {divisors}, or another total')
     return total // world
 
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     task = task_of(cfg)
     if task == 'det':
         from mmdet.utils import setup_cache_size_limit_of_dynamo
@@ -102,8 +101,8 @@ def main():
             args.total_batch_size, world_size(args.launcher))
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise RuntimeError('--auto-scale-lr needs `auto_scale_lr = dict(enable=False, '
-                               'base_batch_size=16)` in the config')
+            raise ConfigError('--auto-scale-lr needs `auto_scale_lr = dict(enable=False, '
+                              'base_batch_size=16)` in the config')
         cfg.auto_scale_lr.enable = True
 
     if args.resume == 'auto':
@@ -123,9 +122,12 @@ def main():
     init_cpu_distributed(cfg, args.launcher)
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    # Checkpoint errors name the option that set the checkpoint (the backbone's init_cfg
+    # names its own key).
+    with checkpoint_origin('--resume' if args.resume else 'load_from'):
+        runner.train()
     finish_distributed()
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

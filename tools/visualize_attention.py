@@ -24,20 +24,21 @@ Example:
 import argparse
 import contextlib
 import json
-import os
 import os.path as osp
 import sys
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-from mmengine.config import DictAction
 
 from nat_mm.models import NAT, NeighborhoodAttention2D
 from nat_mm.ops._torch_impl import window_indices
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _models import load_model  # noqa: E402
+from _common import task_of  # noqa: E402
+from _models import load_model, registry_of  # noqa: E402
+from nat_mm.mm.cli import (DictAction, InputValueError, ModelTypeError, load_config,  # noqa: E402
+                           positive_int, require_file, require_output_dir, run)
 
 
 class AttentionRecorder(torch.nn.Module):
@@ -83,8 +84,8 @@ def attention_maps(backbone: NAT, inputs: torch.Tensor) -> List[dict]:
     layer, kernel size, dilation, map size ``(H, W)`` and weights ``[Hp, Wp, heads, kh*kw]``
     (``Hp, Wp``: the map after the padding of small maps)."""
     if not isinstance(backbone, NAT):
-        raise TypeError(f'visualize_attention: needs a NAT/DiNAT backbone, got '
-                        f'{type(backbone).__name__}')
+        raise ModelTypeError(f'visualize_attention: needs a NAT/DiNAT backbone, got '
+                             f'{type(backbone).__name__}')
     sizes = {}
     hooks = [level.register_forward_pre_hook(
         lambda module, args, i=i: sizes.__setitem__(i, tuple(args[0].shape[1:3])))
@@ -241,19 +242,50 @@ def draw_receptive_field(image: np.ndarray, maps: List[dict], fields: List[np.nd
     plt.close(fig)
 
 
-def load_inputs(model, image_path: str, size: Optional[Tuple[int, int]] = None):
-    """The image (RGB uint8, resized to ``size`` if given) and the model's normalised input."""
+def read_image(image_path: str, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """The image as BGR uint8, resized to ``size`` ``(H, W)`` if given.
+
+    Raises:
+        InputNotFoundError: no such file.
+        InputValueError: a file OpenCV cannot decode.
+    """
     import mmcv
 
+    require_file(image_path, 'image')
     bgr = mmcv.imread(image_path)
     if bgr is None:
-        raise FileNotFoundError(f'visualize_attention: cannot read {image_path}')
+        raise InputValueError(f'cannot read the image {image_path}: not an image file OpenCV '
+                              'can decode (give a .png, .jpg, .tif ... file)')
     if size is not None:
         bgr = mmcv.imresize(bgr, (size[1], size[0]))
+    return bgr
+
+
+def load_inputs(model, image, size: Optional[Tuple[int, int]] = None):
+    """The image (RGB uint8, resized to ``size`` if given) and the model's normalised input;
+    ``image`` is a path or a BGR array (:func:`read_image`)."""
+    bgr = read_image(image, size) if isinstance(image, str) else image
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
     data = model.data_preprocessor(
         dict(inputs=[torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))]), False)
     return rgb, data['inputs'][:, :, :rgb.shape[0], :rgb.shape[1]]
+
+
+def require_nat_backbone(cfg, config: str) -> None:
+    """Raise unless the config's backbone is NAT or DiNAT (or a subclass), before anything is
+    built or downloaded.
+
+    Raises:
+        ModelTypeError: another backbone (e.g. DiNAT_s, Swin, ResNet) or none.
+    """
+    backbone = (cfg.get('model') or {}).get('backbone') or {}
+    kind = backbone.get('type')
+    cls = registry_of(task_of(cfg)).get(kind) if isinstance(kind, str) else kind
+    if not (isinstance(cls, type) and issubclass(cls, NAT)):
+        raise ModelTypeError(
+            f'visualize_attention: the config {config} has a {kind or "missing"} backbone; this '
+            'tool draws the neighbourhoods of NAT and DiNAT backbones only (type=\'NAT\' or '
+            '\'DiNAT\', e.g. configs/det/mask_rcnn_nat_mini_3x.py)')
 
 
 def parse_point(text: str) -> Tuple[int, int]:
@@ -273,7 +305,7 @@ def parse_args(argv=None):
     parser.add_argument('--points', type=parse_point, nargs='+', required=True,
                         metavar='Y,X', help='query pixels, e.g. --points 64,64 10,120')
     parser.add_argument('--out-dir', default='work_dirs/attention', help='output directory')
-    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='resize the image first (default: its own size)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
@@ -285,14 +317,19 @@ def main(argv=None) -> Dict[str, list]:
     import matplotlib
     matplotlib.use('Agg')
 
-    _, model, _ = load_model(args.config, args.checkpoint, args.cfg_options)
-    image, inputs = load_inputs(model, args.image, args.size)
+    cfg = load_config(args.config, args.cfg_options)
+    require_nat_backbone(cfg, args.config)
+    bgr = read_image(args.image, args.size)
+    require_output_dir(args.out_dir)
+    _, model, _ = load_model(cfg, args.checkpoint, origin='--checkpoint')
+    image, inputs = load_inputs(model, bgr)
     for y, x in args.points:
         if not (0 <= y < image.shape[0] and 0 <= x < image.shape[1]):
-            sys.exit(f'visualize_attention: point ({y}, {x}) is outside the '
-                     f'{image.shape[0]}x{image.shape[1]} image')
+            raise InputValueError(
+                f'--points: point ({y}, {x}) is outside the {image.shape[0]}x{image.shape[1]} '
+                f'image {args.image}: give y in [0, {image.shape[0] - 1}] and x in '
+                f'[0, {image.shape[1] - 1}]')
     maps = attention_maps(model.backbone, inputs)
-    os.makedirs(args.out_dir, exist_ok=True)
     weights_note = 'checkpoint ' + osp.basename(args.checkpoint) if args.checkpoint else \
         'no checkpoint: the config\'s random init'
     title = f'{type(model.backbone).__name__} in {osp.basename(args.config)} ({weights_note})'
@@ -317,4 +354,4 @@ def main(argv=None) -> Dict[str, list]:
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -14,6 +14,7 @@ Three source layouts are understood:
 :func:`convert_state_dict` is the one converter; :func:`load_pretrained` (used by ``init_cfg``)
 and ``tools/convert_checkpoint.py`` both call it.
 """
+import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -24,6 +25,9 @@ from mmengine.logging import print_log
 from torch import nn
 
 from ..models import NAT, DiNAT_s
+from .checkpoint_io import (CheckpointContentError, CheckpointMismatchError,
+                            CheckpointNotFoundError, checkpoint_origin, current_origin,
+                            describe_checkpoint, describe_source, load_checkpoint_file)
 
 __all__ = [
     'detect_format', 'convert_state_dict', 'extract_state_dict', 'infer_nat_kwargs',
@@ -144,17 +148,20 @@ def extract_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
     checkpoint itself when it is already a flat ``{name: tensor}`` dict.
 
     Raises:
-        TypeError: ``checkpoint`` holds no recognisable state dict.
+        CheckpointContentError: (a ``TypeError``) ``checkpoint`` holds no recognisable state
+            dict.
     """
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
+        raise CheckpointContentError(f'expected a checkpoint dict, got '
+                                     f'{type(checkpoint).__name__}')
     for key in ('state_dict', 'model'):
         if isinstance(checkpoint.get(key), Mapping):
             return checkpoint[key]
     if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return checkpoint
-    raise TypeError('checkpoint has no state_dict/model entry and is not a flat dict of '
-                    f'tensors; top-level keys: {sorted(checkpoint)[:10]}')
+    raise CheckpointContentError(
+        'checkpoint has no state_dict/model entry and is not a flat dict of tensors; '
+        f'top-level keys: {sorted(map(str, checkpoint))[:10]}')
 
 
 def infer_nat_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict:
@@ -286,13 +293,50 @@ def resize_rpb_to_model(state_dict: Dict[str, torch.Tensor], model: nn.Module,
     return resized
 
 
-def _check_incompatible(missing: List[str], unexpected: List[str], source: str) -> None:
+def _fix_hint(origin: Optional[str]) -> str:
+    """What to do about a checkpoint that does not fit the backbone, by who set it."""
+    if origin and 'pretrained' in origin:
+        return (' mmseg hands model.pretrained to the backbone, and a base config (e.g. an mmseg '
+                'ResNet one) may set it: set model.pretrained=None, and give NAT/DiNAT weights '
+                'in model.backbone.init_cfg.')
+    where = f' {origin}' if origin else ' the checkpoint'
+    return (f' Point{where} at a NAT/DiNAT checkpoint of this arch (the configs name the '
+            'official URLs), or convert one with tools/convert_checkpoint.py.')
+
+
+def _check_shapes(model: nn.Module, state_dict: Mapping, original: Mapping, source: str) -> None:
+    """Raise when weights of ``state_dict`` have another shape than the model's."""
+    own = model.state_dict()
+    shapes = [f'{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}'
+              for k, v in state_dict.items()
+              if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    if shapes:
+        raise CheckpointMismatchError(
+            f'{describe_source(source)}: the checkpoint does not fit the '
+            f'{type(model).__name__} backbone: '
+            f'{len(shapes)} weights have another shape: {shapes[:10]}'
+            f'{" ..." if len(shapes) > 10 else ""}. The checkpoint looks like '
+            f'{describe_checkpoint(original)}; is it of another arch?'
+            f'{_fix_hint(current_origin())}')
+
+
+def _check_incompatible(missing: List[str], unexpected: List[str], source: str,
+                        model: Optional[nn.Module] = None,
+                        state_dict: Optional[Mapping] = None) -> None:
     """Raise on missing backbone weights; log the keys that are expected to differ."""
     new_norms = [k for k in missing if _OUTPUT_NORM_KEYS.match(k)]
     really_missing = [k for k in missing if not _OUTPUT_NORM_KEYS.match(k)]
     if really_missing:
-        raise RuntimeError(f'{source}: {len(really_missing)} backbone weights are missing from '
-                           f'the checkpoint: {really_missing}')
+        total = len(model.state_dict()) if model is not None else len(missing)
+        shown = really_missing[:20] + (['...'] if len(really_missing) > 20 else [])
+        looks = (f' The checkpoint looks like {describe_checkpoint(state_dict)}.'
+                 if state_dict is not None else '')
+        owner = f' {type(model).__name__}' if model is not None else ''
+        raise CheckpointMismatchError(
+            f'{describe_source(source)}: the checkpoint does not fit the{owner} backbone: '
+            f'{len(really_missing)} of its {total} backbone weights are missing from the '
+            f'checkpoint: {shown}.'
+            f'{looks}{_fix_hint(current_origin())}')
     if new_norms:
         print_log(f'{source}: output norms not in the checkpoint (a classification '
                   f'checkpoint), initialised as LayerNorm(1, 0): {new_norms}', logger='current')
@@ -309,7 +353,8 @@ def load_pretrained(model: nn.Module,
                     checkpoint: str,
                     prefix: Optional[str] = None,
                     map_location: str = 'cpu',
-                    fmt: str = 'auto') -> Tuple[List[str], List[str]]:
+                    fmt: str = 'auto',
+                    origin: Optional[str] = None) -> Tuple[List[str], List[str]]:
     """Load (and convert) a pretrained checkpoint into a NAT/DiNAT backbone.
 
     The file is read with mmengine's ``CheckpointLoader`` (local paths, URLs, ``open-mmlab://``
@@ -324,29 +369,43 @@ def load_pretrained(model: nn.Module,
             stripped. Defaults to None.
         map_location (str): Passed to the loader. Defaults to 'cpu'.
         fmt (str): Source layout, see :func:`convert_state_dict`. Defaults to 'auto'.
+        origin (str, optional): The config key that named ``checkpoint`` (e.g.
+            ``'model.backbone.init_cfg.checkpoint'``), for messages. Defaults to None.
 
     Returns:
         tuple[list[str], list[str]]: Missing and unexpected keys.
 
     Raises:
-        ValueError: no key starts with ``prefix``.
-        RuntimeError: backbone weights missing from the checkpoint, or shape mismatches.
+        CheckpointContentError: (a ``ValueError``) no key starts with ``prefix``.
+        CheckpointMismatchError: (a ``RuntimeError``) backbone weights missing from the
+            checkpoint (the message says what the checkpoint looks like).
+        CheckpointMismatchError: weights of another shape (another arch).
+        CheckpointError: the checkpoint cannot be fetched or read, or is refused
+            (:mod:`nat_mm.mm.checkpoint_io`).
     """
     from mmengine.runner import CheckpointLoader
 
-    state_dict = extract_state_dict(
-        CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location, logger='current'))
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        state_dict = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
-                                 if k.startswith(prefix))
-        if not state_dict:
-            raise ValueError(f'load_pretrained: no key of {checkpoint} starts with {prefix!r}')
-    state_dict, _ = convert_state_dict(state_dict, fmt)
-    # e.g. the 7x7 ImageNet-22k DiNAT-L checkpoint into the 11x11 model of Mask2Former
-    resize_rpb_to_model(state_dict, model, f'load_pretrained({checkpoint})')
-    missing, unexpected = nn.Module.load_state_dict(model, state_dict, strict=False)
-    _check_incompatible(missing, unexpected, f'load_pretrained({checkpoint})')
+    with checkpoint_origin(origin):
+        source = f'load_pretrained({checkpoint})'
+        state_dict = extract_state_dict(CheckpointLoader.load_checkpoint(
+            checkpoint, map_location=map_location, logger='current'))
+        if prefix:
+            prefix = prefix if prefix.endswith('.') else prefix + '.'
+            full = state_dict
+            state_dict = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                                     if k.startswith(prefix))
+            if not state_dict:
+                raise CheckpointContentError(
+                    f'load_pretrained: no key of {checkpoint} starts with {prefix!r}; it looks '
+                    f'like {describe_checkpoint(full)}. Fix init_cfg.prefix (None for a '
+                    'backbone-only checkpoint).')
+        original = state_dict
+        state_dict, _ = convert_state_dict(state_dict, fmt)
+        # e.g. the 7x7 ImageNet-22k DiNAT-L checkpoint into the 11x11 model of Mask2Former
+        resize_rpb_to_model(state_dict, model, source)
+        _check_shapes(model, state_dict, original, source)
+        missing, unexpected = nn.Module.load_state_dict(model, state_dict, strict=False)
+        _check_incompatible(missing, unexpected, source, model, original)
     return missing, unexpected
 
 
@@ -369,11 +428,20 @@ def convert_checkpoint_file(src: str, dst: str, fmt: str = 'auto') -> dict:
     """
     if str(src).endswith('.safetensors'):  # Hugging Face hub files
         from safetensors.torch import load_file
+        if not osp.isfile(src):
+            raise CheckpointNotFoundError(f'checkpoint not found: {src}')
         state_dict = load_file(str(src))
     else:
-        state_dict = extract_state_dict(torch.load(src, map_location='cpu', weights_only=True))
+        state_dict = extract_state_dict(load_checkpoint_file(src, map_location='cpu'))
     detected = detect_format(state_dict) if fmt == 'auto' else fmt
     converted, skipped = convert_state_dict(state_dict, detected)
+    if 'patch_embed.proj.weight' not in converted and \
+            'patch_embed.proj.1.weight' not in converted:
+        raise CheckpointContentError(
+            f'{src} is not a NAT/DiNAT checkpoint ({fmt} layout): it looks like '
+            f'{describe_checkpoint(state_dict)}. This converts official, det/seg and Hugging '
+            'Face NAT/DiNAT/DiNAT_s checkpoints (--format d2-mask2former: detectron2 '
+            'Mask2Former ones).')
     if 'patch_embed.proj.weight' in converted:  # DiNAT_s (Swin layout)
         kwargs = infer_dinat_s_kwargs(converted)
         reference = DiNAT_s(**kwargs, drop_path_rate=0.)

@@ -30,6 +30,9 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
+from .checkpoint_io import (CheckpointContentError, CheckpointMismatchError, describe_checkpoint,
+                            describe_source)
+
 __all__ = ['KEY_RENAMES', 'is_mmcv1_checkpoint', 'convert_mmcv1_checkpoint',
            'check_checkpoint_keys', 'LegacyCheckpointHook']
 
@@ -91,7 +94,8 @@ def check_checkpoint_keys(model: torch.nn.Module, state_dict: Mapping[str, torch
     keys are logged.
 
     Raises:
-        RuntimeError: missing weights or shape mismatches, listed.
+        CheckpointMismatchError: (a ``RuntimeError``) missing weights or shape mismatches,
+            listed, with what the checkpoint looks like.
     """
     state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
     expected = model.state_dict()
@@ -101,13 +105,13 @@ def check_checkpoint_keys(model: torch.nn.Module, state_dict: Mapping[str, torch
               if k in state_dict and isinstance(state_dict[k], torch.Tensor)
               and state_dict[k].shape != v.shape]
     if missing or shapes:
-        raise RuntimeError(
-            f'{source} does not fit the model of this config: {len(missing)} of its '
-            f'{len(expected)} weights are missing from the checkpoint '
+        raise CheckpointMismatchError(
+            f'{describe_source(source)} does not fit the model of this config: {len(missing)} of '
+            f'its {len(expected)} weights are missing from the checkpoint '
             f'{missing[:20]}{" ..." if len(missing) > 20 else ""}, {len(shapes)} have another '
-            f'shape {shapes[:10]}. Is it a checkpoint of this config (a detector/segmentor '
-            'checkpoint, not an ImageNet backbone one, which belongs in '
-            'model.backbone.init_cfg)?')
+            f'shape {shapes[:10]}. The checkpoint looks like {describe_checkpoint(state_dict)}. '
+            'Is it a checkpoint of this config (a detector/segmentor checkpoint, not an ImageNet '
+            'backbone one, which belongs in model.backbone.init_cfg)?')
     unexpected = [k for k in state_dict if k not in expected]
     if unexpected:
         print_log(f'{source}: keys not used by the model: {unexpected}', logger='current',
@@ -124,9 +128,10 @@ class LegacyCheckpointHook(Hook):
     happens in place on the loaded dict.
 
     Raises:
-        TypeError: the loaded file is not a dict with a ``state_dict`` (neither an mmengine nor
-            an mmcv 1.x checkpoint).
-        RuntimeError: the weights do not fit the model (:func:`check_checkpoint_keys`).
+        CheckpointContentError: (a ``TypeError``) the loaded file is not a dict with a
+            ``state_dict`` (neither an mmengine nor an mmcv 1.x checkpoint).
+        CheckpointMismatchError: (a ``RuntimeError``) the weights do not fit the model
+            (:func:`check_checkpoint_keys`).
     """
 
     priority = 'VERY_HIGH'
@@ -136,12 +141,17 @@ class LegacyCheckpointHook(Hook):
             else 'checkpoint'
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('state_dict'),
                                                               Mapping):
-            keys = sorted(checkpoint)[:10] if isinstance(checkpoint, Mapping) else None
-            raise TypeError(
-                f'{source} is neither an mmengine checkpoint (tools/train.py) nor an mmcv 1.x '
-                f"one (mmdet 2.x / mmseg 0.x): no 'state_dict' entry (top-level keys: {keys}). "
-                'ImageNet backbone checkpoints belong in model.backbone.init_cfg; '
-                'tools/convert_checkpoint.py converts backbone-only ones.')
+            keys = sorted(map(str, checkpoint))[:10] if isinstance(checkpoint, Mapping) \
+                else None
+            inner = checkpoint.get('model') if isinstance(checkpoint, Mapping) else None
+            looks = (f'; its model entry looks like {describe_checkpoint(inner)}'
+                     if isinstance(inner, Mapping) else '')
+            raise CheckpointContentError(
+                f'{describe_source(source)} is neither an mmengine checkpoint (tools/train.py) '
+                f"nor an mmcv 1.x one (mmdet 2.x / mmseg 0.x): no 'state_dict' entry (top-level "
+                f'keys: {keys}{looks}). ImageNet backbone checkpoints belong in '
+                'model.backbone.init_cfg; tools/convert_checkpoint.py converts backbone-only '
+                'ones.')
         if is_mmcv1_checkpoint(checkpoint):
             converted = convert_mmcv1_checkpoint(checkpoint)
             print_log(f'{source}: written by mmcv {converted["meta"]["mmcv_version"]} '

@@ -41,6 +41,8 @@ from typing import Dict, List, Mapping, Tuple
 
 import torch
 
+from .checkpoint_io import CheckpointContentError, describe_checkpoint, load_checkpoint_file
+
 __all__ = ['convert_d2_mask2former', 'convert_d2_mask2former_file', 'D2_HEADS']
 
 D2_HEADS = ('panoptic_head', 'decode_head')
@@ -113,15 +115,19 @@ def convert_d2_mask2former(state_dict: Mapping[str, torch.Tensor],
         checkpoints, anything unknown), for the caller to report.
 
     Raises:
-        ValueError: an unknown ``head``, or a state dict without ``sem_seg_head.`` keys.
+        ValueError: an unknown ``head``.
+        CheckpointContentError: (a ``ValueError``) a state dict without ``sem_seg_head.``
+            keys.
     """
     if head not in D2_HEADS:
         raise ValueError(f'convert_d2_mask2former: head must be one of {D2_HEADS}, got {head!r}')
     state_dict = OrderedDict(
         (k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state_dict.items())
     if not any(k.startswith('sem_seg_head.') for k in state_dict):
-        raise ValueError('convert_d2_mask2former: no sem_seg_head.* key; not a detectron2 '
-                         f'Mask2Former state dict (first keys: {list(state_dict)[:5]})')
+        raise CheckpointContentError(
+            'convert_d2_mask2former: no sem_seg_head.* key; not a detectron2 Mask2Former state '
+            f'dict: it looks like {describe_checkpoint(state_dict)} (first keys: '
+            f'{list(state_dict)[:5]})')
     fpn_levels = {int(m.group(2)) for m in (_FPN.match(k[len('sem_seg_head.'):])
                                             for k in state_dict) if m}
     num_fpn = max(fpn_levels, default=0)
@@ -173,7 +179,7 @@ def convert_d2_mask2former_file(src: str, dst: str, head: str = 'panoptic_head')
     from .checkpoint import extract_state_dict
 
     # Tensors only (weights_only): detectron2's .pkl files are plain pickles, not read here.
-    checkpoint = torch.load(src, map_location='cpu', weights_only=True)
+    checkpoint = load_checkpoint_file(src, map_location='cpu')
     converted, unused = convert_d2_mask2former(extract_state_dict(checkpoint), head)
     torch.save({'state_dict': converted}, dst)
     return dict(format='d2-mask2former', converted=len(converted), unused=sorted(unused))

@@ -19,6 +19,7 @@ from mmengine.model import BaseModule
 
 from .. import models
 from .checkpoint import load_pretrained
+from .cli import InputValueError
 
 __all__ = ['NAT', 'DiNAT', 'DiNAT_s', 'register_backbones', 'REGISTRIES']
 
@@ -37,7 +38,7 @@ def pretrained_to_init_cfg(pretrained: Optional[str], init_cfg, owner: str):
         ``pretrained`` is given, else ``init_cfg``.
 
     Raises:
-        ValueError: both ``pretrained`` and ``init_cfg`` are given.
+        InputValueError: (a ``ValueError``) both ``pretrained`` and ``init_cfg`` are given.
         TypeError: ``pretrained`` is neither a str nor None.
     """
     if pretrained is None:
@@ -46,10 +47,10 @@ def pretrained_to_init_cfg(pretrained: Optional[str], init_cfg, owner: str):
         raise TypeError(f'{owner}: pretrained must be a str (checkpoint path or URL) or None, '
                         f'got {pretrained!r}')
     if init_cfg:
-        raise ValueError(f'{owner}: init_cfg and pretrained cannot be specified at the same time'
-                         f', got pretrained={pretrained!r}, init_cfg={init_cfg!r}; use init_cfg '
-                         'only (in mmseg, model.pretrained is handed to the backbone: set '
-                         'model.pretrained=None)')
+        raise InputValueError(
+            f'{owner}: init_cfg and pretrained cannot be specified at the same time, got '
+            f'pretrained={pretrained!r}, init_cfg={init_cfg!r}; use init_cfg only (in mmseg, '
+            'model.pretrained is handed to the backbone: set model.pretrained=None)')
     warnings.warn(f'{owner}: pretrained is deprecated, use init_cfg=dict(type=\'Pretrained\', '
                   f'checkpoint={pretrained!r}) instead', FutureWarning, stacklevel=3)
     return dict(type='Pretrained', checkpoint=pretrained)
@@ -62,6 +63,11 @@ class _MMInitMixin:
     def __init__(self, *args, pretrained: Optional[str] = None, init_cfg=None, **kwargs) -> None:
         init_cfg = pretrained_to_init_cfg(pretrained, init_cfg, type(self).__name__)
         super().__init__(*args, init_cfg=init_cfg, **kwargs)
+        # The config key that names the checkpoint, for messages (mmseg's EncoderDecoder hands
+        # model.pretrained to the backbone as pretrained=).
+        self._checkpoint_origin = ('model.pretrained or model.backbone.pretrained'
+                                   if pretrained is not None else
+                                   'model.backbone.init_cfg.checkpoint')
 
     def init_weights(self) -> None:
         """Initialise from ``init_cfg``: from scratch when it is None, and a ``Pretrained``
@@ -85,7 +91,8 @@ class _MMInitMixin:
         if pretrained:
             cfg = copy.deepcopy(pretrained[0])
             load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
-                            map_location=cfg.get('map_location', 'cpu'))
+                            map_location=cfg.get('map_location', 'cpu'),
+                            origin=getattr(self, '_checkpoint_origin', None))
         self._is_init = True
 
 

@@ -14,15 +14,21 @@ force=True)``), with loaders that do what mmengine's do (torch hub's download ca
 distributed runs) but always pass ``weights_only=True``. The allow-list is the one of local
 files (:mod:`nat_mm.mm.serialization`), so checkpoints written by our tools load from a URL as
 from a file. ``pavi://`` and ``s3://``/``petrel://`` (which already used torch's default) get the
-explicit flag and the same error. A refused checkpoint raises :class:`UnsafeCheckpointError`
-naming the source, the reason and what to do; nothing of its pickle is executed.
+explicit flag and the same errors. Every download ends in
+:func:`nat_mm.mm.checkpoint_io.load_checkpoint_file`, the loader of local files too, so a remote
+checkpoint fails the way a local one does: :class:`UnsafeCheckpointError` naming the source, the
+refused global and what to do (nothing of its pickle is executed), ``UnreadableCheckpointError``
+for a truncated or non-checkpoint download; a URL that cannot be fetched raises
+:class:`~nat_mm.mm.checkpoint_io.CheckpointFetchError` naming it (and the config key that set it).
 """
-import io
+import http.client
 import logging
 import os
 import os.path as osp
-import pickle
-import re
+import socket
+import sys
+import urllib.error
+import zipfile
 from tempfile import TemporaryDirectory
 from typing import Optional
 from urllib.parse import urlparse
@@ -34,63 +40,60 @@ from mmengine.logging import print_log
 from mmengine.runner import checkpoint as mm_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .checkpoint_io import (CheckpointFetchError, UnsafeCheckpointError, describe_source,
+                            load_checkpoint_file, local_path_hint)
+
 __all__ = [
     'UnsafeCheckpointError', 'load_url_weights_only', 'register_remote_schemes',
     'REMOTE_SCHEMES'
 ]
 
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint that ``torch.load(weights_only=True)`` refused: it names objects outside
-    torch's allow-list plus :func:`nat_mm.mm.serialization.safe_globals`."""
-
-
-def _refusal_reason(error: Exception) -> str:
-    """The specific part of torch's weights-only error, without its boilerplate (and without
-    its advice to allow-list the offending global or to turn ``weights_only`` off)."""
-    text = re.sub(r'\x1b\[[0-9;]*m', '', str(error))
-    match = re.search(r'WeightsUnpickler error:\s*(.*?)(?:\s*Please use `torch\.serialization'
-                      r'|\n\nCheck the documentation|$)', text, re.S)
-    if match and match.group(1).strip():
-        detail = match.group(1)
-    else:
-        paragraphs = [p.strip() for p in text.split('\n\n')
-                      if p.strip() and not p.strip().startswith(
-                          ('Weights only load failed', 'Check the documentation'))]
-        detail = ' '.join(paragraphs) or text
-    return ' '.join(detail.split())
+# What a failed download raises: no route, DNS, refused, timeouts, HTTP errors, cut streams.
+_FETCH_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                 TimeoutError, socket.timeout)
 
 
-def _refused(source: str, error: Exception, file: Optional[str] = None,
-             downloaded: bool = False) -> UnsafeCheckpointError:
-    """The error for a refused checkpoint; ``file`` is its local copy, if one is kept."""
-    file = file if file and osp.isfile(file) else None
-    copy = (f' The downloaded copy is {file} (delete it to download again).'
-            if file and downloaded else '')
-    name = file or 'FILE'
-    return UnsafeCheckpointError(
-        f'refused to load the checkpoint {source}: torch.load(weights_only=True) does not '
-        f'accept it ({_refusal_reason(error)}). nat_mm loads every checkpoint, local or remote, '
-        'with weights_only=True, because unpickling anything else can run arbitrary code; '
-        f'nothing of this file was executed.{copy} If you trust its source, check it (its '
-        'publisher, its checksum), list what it needs without running it with '
-        f'`torch.serialization.get_unsafe_globals_in_checkpoint({name!r})`, and convert it with '
-        f'`python tools/convert_checkpoint.py {name} OUT.pth` (which also loads with '
-        'weights_only=True and writes tensors only); then use OUT.pth.')
-
-
-def _load_file(path: str, map_location, source: str):
-    """``torch.load(path, weights_only=True)``, refusals raised as UnsafeCheckpointError."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise _refused(source, error, path) from None
+def _fetch_failed(source: str, url: str, error: Exception) -> CheckpointFetchError:
+    reason = getattr(error, 'reason', None) if not isinstance(error, urllib.error.HTTPError) \
+        else None
+    reason = ' '.join(str(reason or error).split()) or type(error).__name__
+    name = osp.basename(urlparse(url).path) or 'file.pth'
+    return CheckpointFetchError(
+        f'could not fetch the checkpoint {describe_source(source)}: {reason}. Check the URL and '
+        'the network (or the https_proxy setting), or download the file where the network '
+        f'allows and give its local path instead{local_path_hint(name)}.')
 
 
 def _hub_cache_file(url: str, model_dir: Optional[str]) -> str:
     """Where ``torch.hub.load_state_dict_from_url`` caches ``url`` (its own naming rule)."""
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
     return osp.join(model_dir, osp.basename(urlparse(url).path))
+
+
+def _download(url: str, cached: str, progress: bool, source: str) -> None:
+    """Download ``url`` into torch hub's cache file ``cached`` unless it is there already
+    (torch hub's own download: a partial file is only renamed once complete)."""
+    if osp.exists(cached):
+        return
+    os.makedirs(osp.dirname(cached), exist_ok=True)
+    sys.stdout.write(f'Downloading: "{url}" to {cached}\n')
+    try:
+        torch.hub.download_url_to_file(url, cached, progress=progress)
+    except _FETCH_ERRORS as error:
+        raise _fetch_failed(source, url, error) from None
+
+
+def _legacy_zip_member(cached: str, model_dir: str) -> Optional[str]:
+    """torch hub's legacy format, a zip holding one checkpoint file: extract it (as
+    ``torch.hub.load_state_dict_from_url`` does) and return its path; None otherwise."""
+    if not zipfile.is_zipfile(cached):
+        return None
+    with zipfile.ZipFile(cached) as archive:
+        members = archive.infolist()
+        if len(members) != 1 or members[0].is_dir():
+            return None
+        archive.extractall(model_dir)
+        return osp.join(model_dir, members[0].filename)
 
 
 def load_url_weights_only(url: str,
@@ -118,20 +121,21 @@ def load_url_weights_only(url: str,
         dict: The loaded checkpoint.
 
     Raises:
+        CheckpointFetchError: the download failed.
         UnsafeCheckpointError: the file holds objects ``weights_only=True`` does not accept.
+        UnreadableCheckpointError: the download is no (complete) checkpoint.
     """
     if progress is None:
         progress = os.isatty(0)
     source = url if source is None or source == url else f'{source} ({url})'
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    cached = _hub_cache_file(url, model_dir)
 
     def load():
-        try:
-            return torch.hub.load_state_dict_from_url(
-                url, model_dir=model_dir, map_location=map_location, progress=progress,
-                weights_only=True)
-        except pickle.UnpicklingError as error:
-            cached = _hub_cache_file(url, model_dir)
-            raise _refused(source, error, cached, downloaded=True) from None
+        _download(url, cached, progress, source)
+        path = _legacy_zip_member(cached, model_dir) or cached
+        return load_checkpoint_file(path, map_location=map_location, source=source,
+                                    downloaded=True)
 
     rank, world_size = get_dist_info()
     checkpoint, failure = None, None
@@ -182,9 +186,7 @@ def load_from_openmmlab(filename, map_location=None):
     if model_url.startswith(('http://', 'https://')):
         return load_url_weights_only(model_url, map_location=map_location, source=filename)
     path = osp.join(mm_checkpoint._get_mmengine_home(), model_url)
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'{path} can not be found.')
-    return _load_file(path, map_location, f'{filename} ({path})')
+    return load_checkpoint_file(path, map_location, source=f'{filename} ({path})')
 
 
 def load_from_mmcls(filename, map_location=None):
@@ -206,21 +208,18 @@ def load_from_pavi(filename, map_location=None):
     with TemporaryDirectory() as tmp_dir:
         downloaded = osp.join(tmp_dir, model.name)
         model.download(downloaded)
-        try:
-            return torch.load(downloaded, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise _refused(filename, error) from None
+        return load_checkpoint_file(downloaded, map_location, source=filename)
 
 
 def load_from_ceph(filename, map_location=None, backend='petrel'):
     """``s3://`` / ``petrel://`` (optionally ``NAME:s3://``): read through mmengine's
     ``petrel`` file backend."""
     file_backend = get_file_backend(filename, backend_args={'backend': backend})
-    with io.BytesIO(file_backend.get(filename)) as buffer:
-        try:
-            return torch.load(buffer, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise _refused(filename, error) from None
+    with TemporaryDirectory() as tmp_dir:
+        local = osp.join(tmp_dir, osp.basename(filename) or 'checkpoint')
+        with open(local, 'wb') as f:
+            f.write(file_backend.get(filename))
+        return load_checkpoint_file(local, map_location, source=filename)
 
 
 # Every remote prefix of mmengine 0.10's CheckpointLoader, and its weights-only loader.
@@ -236,7 +235,6 @@ REMOTE_SCHEMES = {
 
 def register_remote_schemes() -> None:
     """Make ``CheckpointLoader`` load every remote scheme with ``weights_only=True``
-    (idempotent). Local files keep mmengine's loader: ``torch.load``'s default is already
-    ``weights_only=True``."""
+    (idempotent). Local files: :func:`nat_mm.mm.checkpoint_io.register_local_scheme`."""
     for prefixes, loader in REMOTE_SCHEMES.items():
         CheckpointLoader.register_scheme(list(prefixes), loader, force=True)
