@@ -1,37 +1,26 @@
-"""tools/benchmark_op.py's peers and plumbing: the FlexAttention peer (tools/_flex_na.py) is a
-correct neighborhood attention (against the float64 oracle), its BlockMask is FlexAttention's own,
-and the backends' environment (nat_mm_ref) and set-up hooks behave. No timings are asserted."""
+"""tools/benchmark_op.py's peers and plumbing: the FlexAttention backends (flex: row-major tokens,
+flex_tiled: 2-D tiles; nat_mm/ops/_flex.py, whose own tests are tests/test_flex.py) compute NA
+compiled, the block statistics come from their BlockMasks, and the backends' environment
+(nat_mm_ref) and set-up hooks behave. No timings are asserted."""
 import argparse
 import json
-import math
 import os
 import sys
 
 import pytest
 import torch
-from torch.nn.attention.flex_attention import create_block_mask
 
 from na_reference import TOL, reference_na2d
 from tools_common import ENV, TOOLS, tool
 
 sys.path.insert(0, TOOLS)
-import _flex_na  # noqa: E402
 import benchmark_op  # noqa: E402
 
-# (H, W, kernel_size, dilation): non-square, L not divisible by d, L == k*d, per-axis tuples
-CASES = [(13, 17, 3, 2), (9, 14, 3, (3, 2)), (20, 9, (5, 3), (2, 3)), (7, 21, 7, (1, 3)),
-         (14, 14, 7, 1)]
+FLEX_BACKENDS = ['flex', 'flex_tiled']
 
 
 def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
-
-
-def _name(value):
-    return 'x'.join(map(str, _pair(value)))
-
-
-IDS = [f'{h}x{w}-k{_name(k)}-d{_name(d)}' for h, w, k, d in CASES]
 
 
 def _inputs(H, W, kernel_size, heads=3, D=16, B=2, device='cpu', dtype=torch.float32,
@@ -42,39 +31,11 @@ def _inputs(H, W, kernel_size, heads=3, D=16, B=2, device='cpu', dtype=torch.flo
     return [t.requires_grad_(requires_grad) for t in tensors + [rpb]]
 
 
-@pytest.mark.parametrize('H, W, kernel_size, dilation, block',
-                         [(13, 17, 3, 2, 16), (20, 20, 9, 1, 4), (12, 40, 5, (1, 4), 8),
-                          (30, 31, 7, 1, 128)], ids=['d2', 'full-blocks', 'd1x4', 'block128'])
-def test_block_mask_equals_create_block_mask(H, W, kernel_size, dilation, block):
-    """The chunked BlockMask holds exactly the partial and full blocks create_block_mask finds."""
-    chunk = 2 * block * block * math.ceil(H * W / block)  # two query blocks at a time
-    ours = _flex_na.neighborhood_block_mask(H, W, kernel_size, dilation, block_size=block,
-                                            chunk_elements=chunk)
-    mask_mod = _flex_na.neighborhood_mask_mod(H, W, kernel_size, dilation)
-    theirs = create_block_mask(mask_mod, None, None, H * W, H * W, device='cpu',
-                               BLOCK_SIZE=block)
-    for name in ('kv_num_blocks', 'kv_indices', 'full_kv_num_blocks', 'full_kv_indices'):
-        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
-    if (H, W, block) == (20, 20, 4):
-        assert ours.full_kv_num_blocks.sum() > 0  # the full-block path is exercised
-
-
-@pytest.mark.filterwarnings('ignore:flex_attention called without torch.compile')
-@pytest.mark.parametrize('H, W, kernel_size, dilation', CASES, ids=IDS)
-@pytest.mark.parametrize('with_rpb', [True, False], ids=['rpb', 'no_rpb'])
-def test_flex_eager_matches_reference(H, W, kernel_size, dilation, with_rpb):
-    """mask_mod and score_mod are NAT's window and bias (FlexAttention run eagerly)."""
-    q, k, v, rpb = _inputs(H, W, kernel_size)
-    rpb = rpb if with_rpb else None
-    out = _flex_na.FlexNA(compile=False)(q, k, v, kernel_size, dilation, rpb)
-    ref = reference_na2d(q, k, v, _pair(kernel_size), _pair(dilation), rpb)
-    torch.testing.assert_close(out.double(), ref, **TOL[torch.float32])
-
-
 @pytest.mark.slow
-def test_flex_backend_compiled_cpu_matches_reference():
-    """The benchmark's flex backend, compiled on the CPU (forward only there), is exact NA."""
-    fn, has_backward = benchmark_op.make_backends('cpu')['flex']
+@pytest.mark.parametrize('backend', FLEX_BACKENDS)
+def test_flex_backend_compiled_cpu_matches_reference(backend):
+    """The benchmark's flex backends, compiled on the CPU (forward only there), are exact NA."""
+    fn, has_backward = benchmark_op.make_backends('cpu')[backend]
     assert not has_backward
     for H, W, kernel_size, dilation in [(13, 17, 3, 2), (18, 23, 7, 2)]:
         layer = benchmark_op.Layer('t', H, W, 2, D=16, kernel=kernel_size, dilation=dilation)
@@ -86,11 +47,12 @@ def test_flex_backend_compiled_cpu_matches_reference():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-def test_flex_backend_cuda_forward_backward_matches_reference():
+@pytest.mark.parametrize('backend', FLEX_BACKENDS)
+def test_flex_backend_cuda_forward_backward_matches_reference(backend):
     """Compiled FlexAttention on CUDA: output and the gradients of q, k, v and rpb (float32;
     one dtype, as each compilation costs device time)."""
     dtype = torch.float32
-    fn, has_backward = benchmark_op.make_backends('cuda')['flex']
+    fn, has_backward = benchmark_op.make_backends('cuda')[backend]
     assert has_backward
     H, W, kernel_size, dilation = 19, 26, 7, 2
     layer = benchmark_op.Layer('t', H, W, 2, kernel=kernel_size, dilation=dilation)
@@ -111,19 +73,21 @@ def test_flex_backend_cuda_forward_backward_matches_reference():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-def test_nat_mm_ref_backend_cuda_matches_nat_mm():
-    """nat_mm_ref (NAT_MM_CUDA_KERNEL=reference) and nat_mm compute the same attention."""
+def test_forced_kernel_backends_cuda_match_nat_mm():
+    """triton, tiled and nat_mm_ref (NAT_MM_CUDA_KERNEL=...) and nat_mm compute the same
+    attention (float32: triton runs its 'ieee' dots there)."""
     backends = benchmark_op.make_backends('cuda')
     layer = benchmark_op.Layer('t', 21, 30, 2)
     inputs = _inputs(21, 30, 7, heads=2, D=32, B=1, device='cuda', requires_grad=True)
     results = []
-    for name in ('nat_mm', 'nat_mm_ref'):
+    for name in ('nat_mm', 'nat_mm_ref', 'tiled', 'triton'):
         fn = backends[name][0]
         with benchmark_op.environment(getattr(fn, 'env', {})):
             out = fn(*inputs[:3], layer, inputs[3])
             results.append([out] + list(torch.autograd.grad(out.sum(), inputs)))
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 class _RecordEnv(torch.autograd.Function):
@@ -186,14 +150,45 @@ def test_bench_layer_reports_a_failing_backend_and_times_the_others():
 
 @pytest.mark.slow
 def test_cli_smoke_run_with_flex_writes_json(tmp_path):
-    """The tool end to end on the CPU: flex is timed forward, and has no CPU backward."""
+    """The tool end to end on the CPU: flex and flex_tiled are timed forward, and have no CPU
+    backward."""
     out = tmp_path / 'op.json'
     proc = tool('tools/benchmark_op.py', '--device', 'cpu', '--shapes', 'smoke', '--backends',
-                'flex', 'gather', '--repeats', '1', '--json', str(out), timeout=600,
-                env=dict(ENV, OMP_NUM_THREADS='2'))
+                'flex', 'flex_tiled', 'gather', '--repeats', '1', '--json', str(out),
+                timeout=600, env=dict(ENV, OMP_NUM_THREADS='2'))
     rows = json.loads(out.read_text())['rows']
     got = {(r['mode'], r['backend']): r for r in rows}
-    assert set(got) == {(m, b) for m in ('fwd', 'fwd+bwd') for b in ('nat_mm', 'gather', 'flex')}
-    assert got['fwd', 'flex']['median_ms'] > 0
-    assert got['fwd+bwd', 'flex']['note'] == 'no backward on this device'
-    assert 'flex' in proc.stdout
+    assert set(got) == {(m, b) for m in ('fwd', 'fwd+bwd')
+                        for b in ['nat_mm', 'gather'] + FLEX_BACKENDS}
+    for backend in FLEX_BACKENDS:
+        assert got['fwd', backend]['median_ms'] > 0
+        assert got['fwd+bwd', backend]['note'] == 'no backward on this device'
+    assert 'flex' in proc.stdout and 'flex_tiled' in proc.stdout
+
+
+def test_block_stats_rows_come_from_the_block_masks():
+    """--block-stats' rows: row-major, tiled 8x16, and tiled with the best tile when it is
+    better. On a 50x76 map at 7x7, d=3, the 8x16 tiles visit about a third of row-major's key
+    blocks; at d=1, with blocks 1.7 rows long, row-major visits fewer (5 against 9 at most)."""
+    layer = benchmark_op.Layer('L3', 50, 76, 8)
+    rows = benchmark_op.block_stats_rows([layer], [(1, 3)])
+    assert [(r['dilation'], r['order'], r['tile']) for r in rows] == [
+        (1, 'row_major', '-'), (1, 'tiled', '8x16'), (1, 'tiled', '32x4'),
+        (3, 'row_major', '-'), (3, 'tiled', '8x16'), (3, 'tiled', '4x32')]
+    by = {(r['dilation'], r['tile']): r for r in rows}
+    assert by[1, '-']['tokens'] == 50 * 76 and by[1, '8x16']['tokens'] == 56 * 80
+    assert by[3, '8x16']['visited_mean'] < by[3, '-']['visited_mean'] / 2
+    assert by[1, '-']['visited_max'] == 5 and by[1, '8x16']['visited_max'] == 9
+    for r in rows:
+        assert r['work'] > 1 and r['q_blocks'] == -(-r['tokens'] // 128)
+    assert by[1, '32x4']['work'] < by[1, '8x16']['work']
+
+
+@pytest.mark.slow
+def test_cli_block_stats_prints_table_and_json(tmp_path):
+    out = tmp_path / 'blocks.json'
+    proc = tool('tools/benchmark_op.py', '--block-stats', '--json', str(out), timeout=600)
+    rows = json.loads(out.read_text())['rows']
+    assert len(rows) >= 2 * sum(map(len, benchmark_op.BLOCK_STATS_DILATIONS))
+    assert 'key blocks visited per 128-token query block' in proc.stdout
+    assert 'L1@800x1216' in proc.stdout and 'tiled' in proc.stdout

@@ -1,27 +1,38 @@
 """Benchmark nat_mm's neighborhood attention against its peers on NAT's real layer shapes.
 
 Backends, timed side by side in one run (A B C A B C ..., medians):
-  nat_mm      the compiled ``nat_mm.ops.na2d`` (C++ CPU / CUDA kernels; on CUDA the kernel that
-              NAT_MM_CUDA_KERNEL picks: unset or auto = the fused tiled one where it applies)
-  nat_mm_ref  on CUDA only: the same with NAT_MM_CUDA_KERNEL=reference (the reference kernels),
-              set around its forward and backward calls
+  nat_mm      ``nat_mm.ops.na2d`` (C++ CPU kernels; on CUDA the implementation that
+              NAT_MM_CUDA_KERNEL picks: unset or auto, see nat_mm/ops/_dispatch.py)
+  triton      on CUDA only: the same with NAT_MM_CUDA_KERNEL=triton (the Triton tensor-core
+              kernels; autotuned during the untimed first call), set around its forward and
+              backward calls
+  tiled       on CUDA only: NAT_MM_CUDA_KERNEL=tiled (the fused tiled C++ CUDA kernels)
+  nat_mm_ref  on CUDA only: NAT_MM_CUDA_KERNEL=reference (the reference C++ CUDA kernels)
   gather      plain PyTorch: gather the k*k window with index tensors, einsum (nat_mm's fallback)
   natten      natten.na2d when natten is installed (no rpb; forward only on the CPU)
   sdpa        dense full attention (torch SDPA) over all H*W tokens, on CUDA only: the yardstick
   flex        torch's FlexAttention, compiled, with NAT's window as mask_mod and rpb as score_mod
-              (tools/_flex_na.py): what a torch user would write instead of NA. Its BlockMask
-              is built once per shape and its compilation runs before the timed calls; the
-              layout conversion to [B, heads, H*W, D] and back is timed (as for sdpa). Forward
-              only on the CPU (torch's compiled CPU FlexAttention has no backward)
+              (nat_mm/ops/_flex.py), tokens in row-major order (y * W + x): what a torch user
+              would write instead of NA. Its BlockMask is built once per shape and its
+              compilation runs before the timed calls; the layout conversion to
+              [B, heads, H*W, D] and back is timed (as for sdpa). Forward only on the CPU
+              (torch's compiled CPU FlexAttention has no backward)
+  flex_tiled  the same over tokens permuted so that each 128-token block is an 8x16 tile of the
+              map (of one dilation group's sub-map); the permutation both ways is timed
 
 Shapes are NAT-Tiny's layers (heads 2/4/8/16, head dim 32, 7x7, rpb) at 224x224 and 800x1216
 input, plus the level-1 layer of a 400x668 image. Peak memory is the peak over the inputs: on CUDA
 ``max_memory_allocated``; on the CPU the peak resident set (VmHWM, reset through
 /proc/self/clear_refs) with glibc's mmap threshold pinned so freed buffers go back to the system.
 
+``--block-stats`` runs no attention: it prints, from the flex BlockMasks of NAT-Tiny's layers at
+800x1216 (and DiNAT's dilations of each level), the key blocks each 128-token query block visits,
+row-major against tiled.
+
 Example:
     python tools/benchmark_op.py --device cpu --json benchmarks/op_cpu.json --plot
     python tools/benchmark_op.py --replot benchmarks/op_cpu.json   # the chart of a saved run
+    python tools/benchmark_op.py --block-stats                     # flex blocks, no timing
 """
 import argparse
 import contextlib
@@ -85,11 +96,10 @@ def make_backends(device):
 
     backends['nat_mm'] = (nat_mm_fn, True)
     if device == 'cuda':
-        def nat_mm_ref_fn(q, k, v, layer, rpb):
-            return na2d(q, k, v, layer.kernel, layer.dilation, rpb)
-
-        nat_mm_ref_fn.env = {'NAT_MM_CUDA_KERNEL': 'reference'}  # read by the C++ at every call
-        backends['nat_mm_ref'] = (nat_mm_ref_fn, True)
+        # NAT_MM_CUDA_KERNEL is read at every call (by nat_mm/ops/_dispatch.py and the C++)
+        for name, kernel in (('triton', 'triton'), ('tiled', 'tiled'),
+                             ('nat_mm_ref', 'reference')):
+            backends[name] = (_forced_cuda_kernel(kernel), True)
     backends['gather'] = (gather_fn, True)
     try:
         import natten
@@ -109,22 +119,89 @@ def make_backends(device):
             return F.scaled_dot_product_attention(*flat).transpose(1, 2).reshape(q.shape)
 
         backends['sdpa'] = (sdpa_fn, True)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
-        from _flex_na import FlexNA
+        from nat_mm.ops._flex import FlexNA
     except ImportError:  # a torch without FlexAttention
         FlexNA = None
     if FlexNA is not None:
-        flex = FlexNA()
-
-        def flex_fn(q, k, v, layer, rpb):
-            return flex(q, k, v, layer.kernel, layer.dilation, rpb)
-
-        # untimed: the BlockMask, once per shape (bench_layer also makes one untimed call first)
-        flex_fn.prepare = lambda layer, device: flex.block_mask(layer.H, layer.W, layer.kernel,
-                                                                layer.dilation, device)
-        backends['flex'] = (flex_fn, device != 'cpu')  # no compiled backward on the CPU
+        for name, order in (('flex', 'row_major'), ('flex_tiled', 'tiled')):
+            backends[name] = (_flex_backend(FlexNA(order)), device != 'cpu')  # no CPU backward
     return backends
+
+
+def _forced_cuda_kernel(kernel):
+    def fn(q, k, v, layer, rpb):
+        return na2d(q, k, v, layer.kernel, layer.dilation, rpb)
+
+    fn.env = {'NAT_MM_CUDA_KERNEL': kernel}
+    return fn
+
+
+def _flex_backend(flex):
+    def flex_fn(q, k, v, layer, rpb):
+        return flex(q, k, v, layer.kernel, layer.dilation, rpb)
+
+    # untimed: the BlockMask, once per shape (bench_layer also makes one untimed call first)
+    flex_fn.prepare = lambda layer, device: flex.block_mask(layer.H, layer.W, layer.kernel,
+                                                            layer.dilation, device)
+    return flex_fn
+
+
+# --block-stats: DiNAT's dilations per level (DESIGN.md section 5: 28 at level 1, 7 and 14 at
+# level 2, 3, 5 and 7 at level 3, 3 at level 4), plus 4 and 8 at level 1; and the tile shapes
+# of 128 tokens the tiled order is also tried with (the best one is reported beside 8x16).
+BLOCK_STATS_DILATIONS = ((1, 4, 8, 28), (1, 7, 14), (1, 3, 5, 7), (1, 3))
+BLOCK_STATS_TILES = ((2, 64), (4, 32), (8, 16), (16, 8), (32, 4))
+
+
+def _block_stats_row(layer, d, order, tile):
+    from nat_mm.ops import _flex
+
+    mask = _flex.neighborhood_block_mask(layer.H, layer.W, layer.kernel, d, order, tile)
+    stats = _flex.block_stats(mask)
+    work = (stats['visited_mean'] * stats['q_blocks'] * _flex.BLOCK_SIZE ** 2
+            / (layer.H * layer.W * layer.kernel ** 2))
+    return dict(layer=layer.name, map=f'{layer.H}x{layer.W}', heads=layer.heads,
+                kernel=layer.kernel, dilation=d, order=order,
+                tile='x'.join(map(str, tile)) if order == 'tiled' else '-',
+                tokens=_flex.token_order(layer.H, layer.W, d, order, tile).tokens, work=work,
+                **stats)
+
+
+def block_stats_rows(layers, dilations=BLOCK_STATS_DILATIONS, tiles=BLOCK_STATS_TILES):
+    """Key blocks visited per query block of the flex BlockMasks (no attention is run), for each
+    layer and each of its level's dilations: row-major, tiled with the default 8x16 tile, and
+    tiled with the tile of ``tiles`` that visits the fewest blocks in all (when not 8x16).
+
+    Returns:
+        list[dict]: per (layer, dilation, order, tile): tokens T, query blocks, the partial and
+        full key blocks per query block (mean, max; see ``_flex.block_stats``) and ``work``: the
+        (query, key) pairs scored, visited blocks times 128 x 128, over the H*W*k*k NA needs.
+    """
+    from nat_mm.ops import _flex
+
+    rows = []
+    for layer, level_dilations in zip(layers, dilations):
+        for d in level_dilations:
+            rows.append(_block_stats_row(layer, d, 'row_major', _flex.TILE))
+            tiled = [_block_stats_row(layer, d, 'tiled', tile) for tile in tiles]
+            default = next(r for r in tiled if r['tile'] == 'x'.join(map(str, _flex.TILE)))
+            best = min(tiled, key=lambda r: r['work'])
+            rows += [default] + ([best] if best['work'] < default['work'] else [])
+    return rows
+
+
+def print_block_stats(rows):
+    print('# FlexAttention: key blocks visited per 128-token query block (partial: mask_mod '
+          f'applied; full: not), torch {torch.__version__}')
+    print(f'{"layer":<13}{"map":>8}{"heads":>6}{"k":>3}{"d":>4}  {"order":<10}{"tile":<6}'
+          f'{"tokens":>7}{"q blocks":>9}{"partial mean":>13}{"max":>4}{"full mean":>10}'
+          f'{"max":>4}{"work x":>8}')
+    for r in rows:
+        print(f'{r["layer"]:<13}{r["map"]:>8}{r["heads"]:>6}{r["kernel"]:>3}{r["dilation"]:>4}  '
+              f'{r["order"]:<10}{r["tile"]:<6}{r["tokens"]:>7}{r["q_blocks"]:>9}'
+              f'{r["partial_mean"]:>13.2f}{r["partial_max"]:>4}{r["full_mean"]:>10.2f}'
+              f'{r["full_max"]:>4}{r["work"]:>8.2f}')
 
 
 @contextlib.contextmanager
@@ -267,14 +344,18 @@ def parse_args():
     parser.add_argument('--shapes', nargs='+', default=['target', '224', '800x1216'],
                         choices=sorted(SHAPES))
     parser.add_argument('--backends', nargs='+', default=None,
-                        help='subset of nat_mm nat_mm_ref gather natten sdpa flex (default: all '
-                        'available; nat_mm_ref and sdpa on CUDA only)')
+                        help='subset of nat_mm triton tiled nat_mm_ref gather natten sdpa flex '
+                        'flex_tiled (default: all available; triton, tiled, nat_mm_ref and sdpa '
+                        'on CUDA only)')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--json', default=None, help='write the rows to this JSON file')
     parser.add_argument('--plot', action='store_true',
                         help='also draw a PNG chart beside the JSON (needs --json)')
     parser.add_argument('--replot', metavar='JSON', default=None,
                         help='only draw the chart of a saved JSON (beside it), run nothing')
+    parser.add_argument('--block-stats', action='store_true',
+                        help='only print the flex key blocks visited per query block (row-major '
+                        'vs tiled) at NAT-Tiny 800x1216 and DiNAT dilations; no attention run')
     args = parser.parse_args()
     if args.plot and not args.json:
         parser.error('--plot writes the chart beside the JSON: give --json PATH too')
@@ -294,6 +375,13 @@ def main():
     args = parse_args()
     if args.replot:
         return plot(args.replot)
+    if args.block_stats:
+        rows = block_stats_rows(SHAPES['800x1216'])
+        print_block_stats(rows)
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(dict(rows=rows), f, indent=1)
+        return
     if not extension_loaded() or (args.device == 'cuda' and not extension_has_cuda()):
         sys.exit(f'benchmark_op: the compiled nat_mm kernels for {args.device} are not built')
     backends = make_backends(args.device)
