@@ -349,7 +349,11 @@ def test_layering_models_import_without_openmmlab():
             'assert nat_mm.mm is None\n'
             "m = nat_mm.models.NAT(arch='mini', depths=(1, 1, 1, 1))\n"
             'import torch\n'
-            'print(len(m(torch.randn(1, 3, 32, 32))))\n')
+            'print(len(m(torch.randn(1, 3, 32, 32))))\n'
+            # the Triton kernels are imported on first use on a GPU only (triton itself may be:
+            # torchvision, under timm, imports torch._dynamo, which imports it)
+            "assert 'nat_mm.ops._triton_kernels' not in sys.modules, 'CPU path: kernels'\n"
+            "assert 'nat_mm.ops._triton' not in sys.modules, 'CPU path: triton backend'\n")
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -217,7 +217,7 @@ def test_tiled_falls_back(emu, monkeypatch, case, why):
                                            'not apply: ' + why):
         emu.na2d_forward(q, k, v, rpb, (3, 3), (1, 1), 1.0)
     monkeypatch.setenv('NAT_MM_CUDA_KERNEL', 'fast')
-    with pytest.raises(RuntimeError, match="must be auto, tiled or reference, got 'fast'"):
+    with pytest.raises(RuntimeError, match="must be auto, triton, tiled, reference or flex, got 'fast'"):
         emu.na2d_forward(q, k, v, rpb, (3, 3), (1, 1), 1.0)
 
 

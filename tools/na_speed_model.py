@@ -25,7 +25,22 @@ element, A = 4 bytes per float32 accumulator):
 FLOPs count a multiply-add as 2 (q.k, p.v, dO.v, dS.K, P.dO, dS.Q: 2 D each per (query, key)
 pair); exponentials and the softmax bookkeeping are left out (about kk per query).
 
-Usage: python tools/na_speed_model.py [--dtypes bf16 fp32]  (prints a Markdown table)
+Triton kernels (nat_mm/ops/_triton_kernels.py, ``--triton``): per program a TY x TX tile of
+queries (dK/dV: of keys) walking the halo (inverse neighbourhood) in KR x KC chunks; every chunk
+is a full ``tl.dot`` on the tensor cores, masked pairs included (the halo's waste), and one exp2
+per (query, key) pair of the chunk on the special-function units. Counted per layer:
+- bytes requested: forward q, the tile's K/V halo (only the halo's keys are loaded: the chunk
+  padding is masked), the in-window rpb entries, out and lse; backward: Delta = dO.O, the dQ pass
+  (q, dO, lse, Delta; the K/V halo; dq; a float32 drpb partial per program, read back by the
+  reduction) and the dK/dV pass (k, v; the inverse neighbourhood's q, dO, lse, Delta; dk, dv);
+- tensor-core FLOPs of every chunk (forward QK^T, PV; dQ: QK^T, dO V^T, dS K and the two drpb
+  folds in tf32; dK/dV: K Q^T, P^T dO, V dO^T, dS^T Q), and the useful ones (the 49 pairs);
+- exponentials: one per computed pair.
+Time = the largest of bytes / 3.35 TB/s, FLOPs / 989 TFLOP/s (bf16/fp16 dense tensor-core peak;
+tf32 folds at 494) and exps / 3.9e12/s (H100's special-function throughput, as FlashAttention-3
+quotes it). Peaks: a lower bound on time; D = 32 gives K = 32 tl.dots, which run far below peak.
+
+Usage: python tools/na_speed_model.py [--dtypes bf16 fp32] [--triton]  (prints Markdown tables)
 """
 import argparse
 from dataclasses import dataclass
@@ -33,6 +48,9 @@ from typing import Dict, List
 
 HBM_BYTES_PER_S = 3.35e12   # H100 SXM
 FP32_FLOPS = 67e12          # H100 SXM, CUDA cores (FMA = 2 FLOPs)
+TENSOR_FLOPS = {'bf16': 989e12, 'fp16': 989e12, 'fp32': 67e12}  # dense; fp32 'ieee' dots: cores
+TF32_FLOPS = 494e12
+EXP_PER_S = 3.9e12          # H100 SXM special-function units (FlashAttention-3's figure)
 DTYPE_BYTES = {'fp16': 2, 'bf16': 2, 'fp32': 4}
 ACC = 4
 TILE = 8
@@ -119,11 +137,91 @@ def model(layer: Layer, dtype: str) -> Dict[str, Dict[str, float]]:
     return out
 
 
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def triton_model(layer: Layer, dtype: str, ty: int = 8, tx: int = 8, kr: int = 4,
+                 kc: int = 16) -> Dict[str, Dict[str, float]]:
+    """Bytes, tensor-core FLOPs (computed and useful) and exps of the Triton kernels, d = 1."""
+    E, D, k, heads = DTYPE_BYTES[dtype], layer.D, layer.k, layer.heads
+    kk = k * k
+    bd = max(16, 1 << (D - 1).bit_length())
+    rpb_h = rpb_w = max(16, 1 << (2 * k - 2).bit_length())
+    N = layer.H * layer.W * heads
+    bq = ty * tx
+
+    def extents(L, t):
+        """(forward halo, inverse neighbourhood) extent of every tile on an axis."""
+        out = []
+        for p0 in range(0, L, t):
+            last = min(p0 + t, L) - 1
+            out.append((group_window_start(last, L, k) + k - group_window_start(p0, L, k),
+                        group_inverse_end(last, L, k) - group_inverse_start(p0, k)))
+        return out
+
+    rows, cols = extents(layer.H, ty), extents(layer.W, tx)
+    programs = len(rows) * len(cols) * heads
+    halo = sum(r[0] * c[0] for r in rows for c in cols) * heads
+    inverse = sum(r[1] * c[1] for r in rows for c in cols) * heads
+    fwd_pairs = sum(_ceil(r[0], kr) * _ceil(c[0], kc) for r in rows for c in cols) * heads * \
+        bq * kr * kc
+    inv_pairs = sum(_ceil(r[1], kr) * _ceil(c[1], kc) for r in rows for c in cols) * heads * \
+        bq * kr * kc
+    fwd_chunks = fwd_pairs // (bq * kr * kc)
+    useful = 4 * D * kk * N
+    out = {}
+    out['triton fwd'] = dict(
+        read=N * D * E + 2 * halo * D * E + N * kk * E,
+        write=N * D * E + N * ACC,
+        tc_flops=2 * 2 * fwd_pairs * bd, tf32_flops=0, useful=useful, exps=fwd_pairs)
+    fold = fwd_chunks * 2 * (ty * kr * tx * kc * rpb_w + rpb_h * ty * kr * rpb_w)
+    partial = programs * rpb_h * rpb_w * ACC
+    out['triton bwd'] = dict(
+        read=(2 * N * D * E                                                       # Delta
+              + N * (2 * D * E + 2 * ACC) + 2 * halo * D * E + N * kk * E        # dQ
+              + partial                                                           # reduction
+              + 2 * N * D * E + inverse * (2 * D * E + 2 * ACC) + N * kk * E),   # dK/dV
+        write=N * ACC + N * D * E + partial + heads * (2 * k - 1) ** 2 * E + 2 * N * D * E,
+        tc_flops=3 * 2 * fwd_pairs * bd + 4 * 2 * inv_pairs * bd, tf32_flops=fold,
+        useful=10 * D * kk * N, exps=fwd_pairs + inv_pairs)
+    unique = {'triton fwd': 4 * N * D * E + N * ACC, 'triton bwd': 8 * N * D * E + N * ACC}
+    for name, m in out.items():
+        m['unique'] = unique[name]
+        m['t_mem'] = (m['read'] + m['write']) / HBM_BYTES_PER_S
+        m['t_tc'] = m['tc_flops'] / TENSOR_FLOPS[dtype] + m['tf32_flops'] / TF32_FLOPS
+        m['t_exp'] = m['exps'] / EXP_PER_S
+        m['t_model'] = max(m['t_mem'], m['t_tc'], m['t_exp'])
+        m['t_unique'] = m['unique'] / HBM_BYTES_PER_S
+    return out
+
+
+def print_triton_table(layers: List[Layer], dtypes: List[str]) -> None:
+    print('| layer | map x heads | dtype | kernel | MB read | MB written | MB unique | '
+          'tensor GFLOP computed / useful | Gexp | us bytes | us tensor | us exp | model us | '
+          'us unique bytes |')
+    print('|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+    for layer in layers:
+        for dtype in dtypes:
+            for name, m in triton_model(layer, dtype).items():
+                computed = (m['tc_flops'] + m['tf32_flops']) / 1e9
+                print(f'| {layer.name} | {layer.H}x{layer.W} x {layer.heads} | {dtype} | {name} | '
+                      f'{m["read"] / 1e6:.1f} | {m["write"] / 1e6:.1f} | {m["unique"] / 1e6:.1f} | '
+                      f'{computed:.2f} / {m["useful"] / 1e9:.2f} | {m["exps"] / 1e9:.3f} | '
+                      f'{m["t_mem"] * 1e6:.0f} | {m["t_tc"] * 1e6:.1f} | {m["t_exp"] * 1e6:.1f} | '
+                      f'{m["t_model"] * 1e6:.0f} | {m["t_unique"] * 1e6:.1f} |')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--dtypes', nargs='+', default=['bf16', 'fp32'], choices=DTYPE_BYTES)
+    parser.add_argument('--triton', action='store_true',
+                        help='model the Triton kernels (8x8 tiles, 4x16 chunks) instead')
     args = parser.parse_args()
     layers = nat_tiny_layers(800, 1216) + nat_tiny_layers(512, 2048)
+    if args.triton:
+        print_triton_table(layers, args.dtypes)
+        return
     print('| layer | map x heads | dtype | kernel | MB read | MB written | MB unique | GFLOP | '
           'us at 3.35 TB/s | us at 67 TFLOP/s | model us | us unique bytes |')
     print('|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')

@@ -524,7 +524,12 @@ CudaKernelChoice cuda_kernel_choice() {
     return CudaKernelChoice::kAuto;
   if (std::strcmp(env, "tiled") == 0) return CudaKernelChoice::kTiled;
   if (std::strcmp(env, "reference") == 0) return CudaKernelChoice::kReference;
-  TORCH_CHECK(false, "NAT_MM_CUDA_KERNEL must be auto, tiled or reference, got '", env, "'");
+  // triton and flex choose Python backends of the fused na2d (nat_mm/ops/_dispatch.py); the ops
+  // that reach the C++ kernels then (na2d_qk, na2d_av) take them as under auto.
+  if (std::strcmp(env, "triton") == 0 || std::strcmp(env, "flex") == 0)
+    return CudaKernelChoice::kAuto;
+  TORCH_CHECK(false, "NAT_MM_CUDA_KERNEL must be auto, triton, tiled, reference or flex, got '",
+              env, "'");
 }
 
 bool tiled_applies(const char* op, const Geometry& g, at::ScalarType dtype, bool has_rpb) {

@@ -9,7 +9,8 @@
 namespace nat_mm {
 
 // NAT_MM_CUDA_KERNEL, read at every call: `auto` (default: tiled where it applies, else the
-// reference kernels), `tiled` (an error where it does not apply) or `reference`.
+// reference kernels), `tiled` (an error where it does not apply) or `reference`; `triton` and
+// `flex` select Python backends of the fused na2d and mean `auto` here.
 enum class CudaKernelChoice { kAuto, kTiled, kReference };
 CudaKernelChoice cuda_kernel_choice();
 

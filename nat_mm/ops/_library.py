@@ -58,24 +58,30 @@ def _register_fakes() -> None:
         return attn.new_empty(attn.shape), _empty_like_rank5(v)
 
 
-def _register_autograd() -> None:
-    ops = torch.ops.nat_mm
+def register_fused_autograd(forward: str, backward_op) -> None:
+    """Autograd of a fused forward op ``(q, k, v, rpb, kernel_size, dilation, scale) -> (out,
+    lse)`` through ``backward_op(grad_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale)
+    -> (dq, dk, dv, drpb)``: the C++ ops' pair, and the Triton ops' pair (ops/_triton.py)."""
 
-    def na2d_setup(ctx, inputs, output):
+    def setup_context(ctx, inputs, output):
         q, k, v, rpb, kernel_size, dilation, scale = inputs
         out, lse = output
         ctx.save_for_backward(q, k, v, rpb, out, lse)
         ctx.kernel_size, ctx.dilation, ctx.scale = kernel_size, dilation, scale
         ctx.mark_non_differentiable(lse)
 
-    def na2d_backward(ctx, grad_out, grad_lse):
+    def backward(ctx, grad_out, grad_lse):
         q, k, v, rpb, out, lse = ctx.saved_tensors
-        dq, dk, dv, drpb = ops.na2d_backward(grad_out.contiguous(), q, k, v, rpb, out, lse,
-                                             ctx.kernel_size, ctx.dilation, ctx.scale)
+        dq, dk, dv, drpb = backward_op(grad_out.contiguous(), q, k, v, rpb, out, lse,
+                                       ctx.kernel_size, ctx.dilation, ctx.scale)
         return dq, dk, dv, (drpb if rpb is not None else None), None, None, None
 
-    torch.library.register_autograd('nat_mm::na2d_forward', na2d_backward,
-                                    setup_context=na2d_setup)
+    torch.library.register_autograd(forward, backward, setup_context=setup_context)
+
+
+def _register_autograd() -> None:
+    ops = torch.ops.nat_mm
+    register_fused_autograd('nat_mm::na2d_forward', ops.na2d_backward)
 
     def qk_setup(ctx, inputs, output):
         q, k, rpb, kernel_size, dilation = inputs

@@ -5,36 +5,16 @@ Layout is heads-last, as in current NATTEN: ``[B, H, W, heads, D]``. Each query 
 query sees exactly ``kh * kw`` keys. Both map axes must satisfy ``L >= k * d``.
 
 Tensors go to the compiled ``nat_mm::`` ops when the extension has a kernel for their device, else
-to the pure-PyTorch implementation (with a warning, once).
+to the pure-PyTorch implementation (with a warning, once). On CUDA, the fused ``na2d`` may take
+the Triton kernels or FlexAttention instead: ``NAT_MM_CUDA_KERNEL`` (see ``_dispatch.py``).
 """
-import warnings
 from typing import Optional
 
 import torch
 
-from . import _checks, _torch_impl
+from . import _checks, _dispatch, _torch_impl
 from ._checks import IntOrPair
-from ._extension import extension_has_cuda, load_extension
-from ._library import register
-
-_warned_devices = set()
-
-
-def _use_compiled(t: torch.Tensor) -> bool:
-    """Whether the compiled kernels serve tensors on ``t``'s device."""
-    if not load_extension():
-        return False
-    register()
-    if t.device.type == 'cpu' or (t.device.type == 'cuda' and extension_has_cuda()):
-        return True
-    if t.device.type not in _warned_devices:
-        _warned_devices.add(t.device.type)
-        warnings.warn(
-            f'nat_mm: no compiled neighborhood-attention kernel for device {t.device.type!r} in '
-            'this build; using the slow pure-PyTorch implementation. Rebuild the extension where '
-            'the CUDA toolkit is visible: pip install --no-build-isolation -e .',
-            RuntimeWarning, stacklevel=3)
-    return False
+from ._dispatch import use_compiled_kernels
 
 
 def _check_qkv(op, kernel_size, dilation, **tensors):
@@ -90,10 +70,17 @@ def na2d(query: torch.Tensor,
     _checks.check_rpb(op, rpb, query.shape[3], kernel_size)
     _checks.check_map_size(op, query.shape[1:3], kernel_size, dilation)
     scale = _checks.check_scale_arg(scale, query.shape[4], op)
-    if _use_compiled(query):
+    backend = _dispatch.fused_backend(query)
+    if backend == 'extension':
         out, _ = torch.ops.nat_mm.na2d_forward(query, key, value, rpb, kernel_size, dilation,
                                                scale)
         return out
+    if backend == 'triton':
+        from . import _triton
+        return _triton.na2d(query, key, value, kernel_size, dilation, rpb, scale)
+    if backend == 'flex':
+        from . import _flex
+        return _flex.na2d_flex(query, key, value, kernel_size, dilation, rpb, scale)
     return _torch_impl.na2d(query, key, value, kernel_size, dilation, rpb, scale)
 
 
@@ -119,7 +106,7 @@ def na2d_qk(query: torch.Tensor,
     _checks.check_same_shape(op, query=query, key=key)
     _checks.check_rpb(op, rpb, query.shape[3], kernel_size)
     _checks.check_map_size(op, query.shape[1:3], kernel_size, dilation)
-    if _use_compiled(query):
+    if use_compiled_kernels(query):
         return torch.ops.nat_mm.na2d_qk_forward(query, key, rpb, kernel_size, dilation)
     return _torch_impl.na2d_qk(query, key, kernel_size, dilation, rpb)
 
@@ -143,6 +130,6 @@ def na2d_av(attn: torch.Tensor,
     kernel_size, dilation = _check_qkv(op, kernel_size, dilation, attn=attn, value=value)
     _checks.check_attn(op, attn, value, kernel_size)
     _checks.check_map_size(op, value.shape[1:3], kernel_size, dilation)
-    if _use_compiled(value):
+    if use_compiled_kernels(value):
         return torch.ops.nat_mm.na2d_av_forward(attn, value, kernel_size, dilation)
     return _torch_impl.na2d_av(attn, value, kernel_size, dilation)
