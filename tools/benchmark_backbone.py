@@ -1,8 +1,17 @@
-"""Benchmark the NAT-Tiny backbone against mmdet's Swin-T backbone, side by side.
+"""Benchmark the NAT-Tiny backbone against a Swin-T backbone (mmdet's or timm's), side by side.
 
-Both backbones run in one process, interleaved (NAT, Swin, NAT, Swin, ...), so that machine
+The backbones run in one process, interleaved (NAT, Swin, NAT, Swin, ...), so that machine
 noise hits both alike; the table reports medians. Two modes: inference (``no_grad``, eval) and a
 training step (train mode, forward + backward of a scalar over all four outputs).
+
+Swin-T comes from mmdet (``--swin mmdet``, the default where mmdet imports, so that earlier
+numbers stay comparable) or from timm alone (``--swin timm``, the default without mmdet: what
+runs on a GPU machine without OpenMMLab): ``swin_tiny_patch4_window7_224``, the same
+architecture, built for the input size (``img_size``; timm pads each stage's map to whole
+windows) with ``features_only`` (its four stage outputs), random weights, no download.
+``--nat-kernels triton tiled`` times NAT-Tiny once per NAT_MM_CUDA_KERNEL value (set around each
+of its runs; one module, one set of weights), so the fused-attention backends are compared
+inside the whole backbone.
 
 Peak memory is the extra memory a run needs above what the process held before it:
 - CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the
@@ -13,7 +22,8 @@ Peak memory is the extra memory a run needs above what the process held before i
   allocations at all.
 
 Swin-T: embed_dims=96, depths (2, 2, 6, 2), heads (3, 6, 12, 24), window 7, mlp_ratio 4, the
-mmdet Mask R-CNN Swin-T settings; NAT-Tiny: ``NAT(arch='tiny')``. Both with drop_path_rate 0.2.
+mmdet Mask R-CNN Swin-T settings (timm's swin_tiny_patch4_window7_224 has the same);
+NAT-Tiny: ``NAT(arch='tiny')``. Both with drop_path_rate 0.2.
 
 Examples::
 
@@ -21,10 +31,15 @@ Examples::
     python tools/benchmark_backbone.py --shape 224 320 --repeats 2 --json bench.json --plot
     python tools/benchmark_backbone.py --replot bench.json   # the chart of a saved run
     python tools/benchmark_backbone.py --device cuda --dtype float16
+    python tools/benchmark_backbone.py --device cuda --dtype bfloat16 --swin timm \\
+        --nat-kernels triton tiled          # tools/gpu/check.sh's backbone step
 """
 import argparse
+import contextlib
 import ctypes
+import importlib.util
 import json
+import os
 import platform
 import statistics
 import sys
@@ -55,6 +70,13 @@ def parse_args(argv=None):
                         default=('infer', 'train'), help='what to run (default: both)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
                         help='autocast dtype; float32 means no autocast (default: float32)')
+    parser.add_argument('--swin', choices=('auto', 'mmdet', 'timm'), default='auto',
+                        help="Swin-T's implementation; auto: mmdet's where mmdet imports, else "
+                        "timm's (default: auto)")
+    parser.add_argument('--nat-kernels', nargs='+', default=None, metavar='KERNEL',
+                        choices=('auto', 'triton', 'tiled', 'reference', 'flex'),
+                        help='time NAT-Tiny once per NAT_MM_CUDA_KERNEL value (CUDA only; '
+                        'default: one run, the variable as set)')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch.set_num_threads on CPU (default: torch default)')
     parser.add_argument('--json', metavar='PATH', help='also write the results as JSON here')
@@ -65,6 +87,25 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.plot and not args.json:
         parser.error('--plot writes the chart beside the JSON: give --json PATH too')
+    # argparse errors only (no nat_mm.mm.cli): this tool also runs where mmengine is absent
+    if min(*args.shape, args.batch, args.repeats) < 1 or args.warmup < 0:
+        parser.error(f'--shape, --batch and --repeats must be >= 1, --warmup >= 0, got '
+                     f'--shape {args.shape[0]} {args.shape[1]} --batch {args.batch} --repeats '
+                     f'{args.repeats} --warmup {args.warmup}')
+    if args.replot and not Path(args.replot).is_file():
+        parser.error(f'--replot {args.replot}: no such file (give the JSON of a saved run)')
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f'--device must be cpu or cuda[:i], got {args.device!r}')
+    if device.type not in ('cpu', 'cuda'):
+        parser.error(f'--device must be cpu or cuda[:i], got {args.device!r}')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available here')
+    if args.nat_kernels and device.type != 'cuda':
+        parser.error('--nat-kernels selects CUDA kernels (NAT_MM_CUDA_KERNEL): use --device cuda')
+    if args.swin == 'auto':
+        args.swin = 'mmdet' if importlib.util.find_spec('mmdet') is not None else 'timm'
     return args
 
 
@@ -77,17 +118,77 @@ def plot(json_path):
     return png
 
 
-def build_models(device):
+def build_mmdet_swin():
     from mmdet.models.backbones import SwinTransformer
 
-    torch.manual_seed(0)
-    nat = NAT(arch='tiny', drop_path_rate=0.2)
-    nat.init_weights()
     swin = SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
                            window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2,
                            patch_norm=True, out_indices=(0, 1, 2, 3), convert_weights=False)
     swin.init_weights()
-    return {'NAT-Tiny': nat.to(device), 'Swin-T (mmdet)': swin.to(device)}
+    return swin
+
+
+class _StageOutputs(torch.nn.Module):
+    """A timm Swin without ``features_only`` support: its final feature map as the output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return [self.model.forward_features(x)]
+
+
+def build_timm_swin(shape):
+    """timm's Swin-T for inputs of ``shape`` (H, W): its four stage outputs (NHWC), random
+    weights. timm 1.0 builds its attention masks for ``img_size`` and pads maps that are not a
+    multiple of the window."""
+    import timm
+
+    kwargs = dict(pretrained=False, img_size=tuple(shape), drop_path_rate=0.2)
+    try:
+        return timm.create_model('swin_tiny_patch4_window7_224', features_only=True,
+                                 out_indices=(0, 1, 2, 3), **kwargs)
+    except (TypeError, RuntimeError, ValueError) as error:  # an older timm
+        print(f'benchmark_backbone: timm Swin without features_only ({error}); timing '
+              'forward_features', file=sys.stderr)
+        return _StageOutputs(timm.create_model('swin_tiny_patch4_window7_224', num_classes=0,
+                                               **kwargs))
+
+
+def build_models(device, shape=(800, 1216), swin='mmdet', nat_kernels=None):
+    """``{name: (module, env)}``: NAT-Tiny (once per NAT_MM_CUDA_KERNEL value of
+    ``nat_kernels``, one module) and Swin-T; ``env`` is set around each run of the model."""
+    torch.manual_seed(0)
+    nat = NAT(arch='tiny', drop_path_rate=0.2)
+    nat.init_weights()
+    nat = nat.to(device)
+    models = {}
+    if nat_kernels:
+        for kernel in nat_kernels:
+            models[f'NAT-Tiny ({kernel})'] = (nat, {'NAT_MM_CUDA_KERNEL': kernel})
+    else:
+        models['NAT-Tiny'] = (nat, {})
+    if swin == 'mmdet':
+        models['Swin-T (mmdet)'] = (build_mmdet_swin().to(device), {})
+    else:
+        models['Swin-T (timm)'] = (build_timm_swin(shape).to(device), {})
+    return models
+
+
+@contextlib.contextmanager
+def environment(env):
+    """Set the environment variables of ``env`` inside the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class PeakMemory:
@@ -145,11 +246,12 @@ class PeakMemory:
         return False
 
 
-def run_once(model, x, mode, dtype, device):
-    """One timed run; returns (seconds, peak extra bytes)."""
+def run_once(model, x, mode, dtype, device, env=None):
+    """One timed run (with the environment variables of ``env`` set); returns (seconds, peak
+    extra bytes)."""
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     model.train(mode == 'train')
-    with PeakMemory(device) as mem:
+    with environment(env or {}), PeakMemory(device) as mem:
         start = time.perf_counter()
         with autocast:
             if mode == 'infer':
@@ -175,18 +277,18 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
-    models = build_models(device)
+    models = build_models(device, args.shape, args.swin, args.nat_kernels)
     x = torch.randn(args.batch, 3, *args.shape, device=device)
     results = []
     for mode in args.modes:
         times = {name: [] for name in models}
         peaks = {name: [] for name in models}
-        for name, model in models.items():
+        for name, (model, env) in models.items():
             for _ in range(args.warmup):
-                run_once(model, x, mode, dtype, device)
+                run_once(model, x, mode, dtype, device, env)
         for _ in range(args.repeats):  # interleaved: A B A B ...
-            for name, model in models.items():
-                t, peak = run_once(model, x, mode, dtype, device)
+            for name, (model, env) in models.items():
+                t, peak = run_once(model, x, mode, dtype, device, env)
                 times[name].append(t)
                 peaks[name].append(peak)
         for name in models:
@@ -201,17 +303,18 @@ def main(argv=None):
                threads=torch.get_num_threads(), dtype=args.dtype, shape=list(args.shape),
                batch=args.batch, repeats=args.repeats, warmup=args.warmup,
                torch=torch.__version__, nat_mm_compiled_ops=nat_mm.ops.extension_loaded(),
+               swin=args.swin, nat_kernels=args.nat_kernels,
                command=' '.join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])))
     print(f"device={env['device']} ({env['device_name']}), threads={env['threads']}, "
           f"dtype={args.dtype}, input={args.batch}x3x{args.shape[0]}x{args.shape[1]}, "
           f"repeats={args.repeats}, compiled NA kernels={env['nat_mm_compiled_ops']}")
-    header = f"{'model':<16}{'mode':<7}{'median ms':>11}{'min ms':>10}{'peak MB':>10}"
+    header = f"{'model':<22}{'mode':<7}{'median ms':>11}{'min ms':>10}{'peak MB':>10}"
     print(header + f"{'vs Swin-T':>11}")
     print('-' * (len(header) + 11))
     for r in results:
         swin = next(s for s in results if s['mode'] == r['mode'] and s['model'].startswith('Swin'))
         ratio = r['median_ms'] / swin['median_ms']
-        print(f"{r['model']:<16}{r['mode']:<7}{r['median_ms']:>11.1f}{r['min_ms']:>10.1f}"
+        print(f"{r['model']:<22}{r['mode']:<7}{r['median_ms']:>11.1f}{r['min_ms']:>10.1f}"
               f"{r['peak_mb']:>10.1f}{ratio:>10.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(env=env, results=results), indent=2) + '\n')
