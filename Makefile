@@ -30,15 +30,15 @@ test-fast: setup
 test-fuzz: setup
 	NAT_MM_FUZZ=1 $(PY) -m pytest tests -m hypothesis $(PYTEST_ARGS)
 
-# The emulated CUDA kernels (tests/cuda_emu) built with AddressSanitizer: out-of-bounds global or
-# shared memory accesses of the real .cu abort with a report (-s: pytest would swallow it). libasan
-# must be loaded first, and libstdc++ with it: python does not link it, and ASan's __cxa_throw
-# interceptor finds no real one for the first C++ exception (a TORCH_CHECK) otherwise.
+# The emulated CUDA kernels (nat_mm/testing/cuda_emu) built with AddressSanitizer: out-of-bounds
+# global or shared memory accesses of the real .cu abort with a report (-s: pytest would swallow
+# it). libasan must be loaded first, and libstdc++ with it: python does not link it, and ASan's
+# __cxa_throw interceptor finds no real one for the first C++ exception (a TORCH_CHECK) otherwise.
 test-cuda-asan: setup
 	NAT_EMU_ASAN=1 \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so.6)" \
 	ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 \
-	$(PY) -m pytest tests/test_cuda_emu.py -s -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest tests/cuda_emu/test_cuda_emu.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) tools/run_demo.py

@@ -1,6 +1,7 @@
 // Neighbourhood index maths for 2-D neighborhood attention, shared by the CPU and CUDA kernels.
 //
-// This header is the only place where these rules live (DESIGN.md section 3). Everything works per
+// This header is the only place where these rules live (docs/design.md section 3).
+// Everything works per
 // axis: a map axis of length L, an odd kernel k, a dilation d, r = k / 2.
 //   - query i belongs to residue group c = i % d, of length n_c = ceil((L - c) / d), at index i / d;
 //   - its window starts at s = clamp(i / d - r, 0, n_c - k) in group coordinates, and its keys are

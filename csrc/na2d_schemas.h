@@ -1,5 +1,5 @@
 // Schemas of nat_mm's dispatcher ops, in one place: csrc/ops.cpp defines them in the `nat_mm`
-// library, and the CUDA emulator of the tests (tests/cuda_emu) defines the same schemas in a
+// library, and the CUDA emulator of the tests (nat_mm/testing/cuda_emu) defines the same schemas in a
 // library of its own.
 //
 // Layout is heads-last: q, k, v, out are [B, H, W, heads, D]; attn is [B, H, W, heads, kh * kw]

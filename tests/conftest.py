@@ -5,7 +5,7 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    # Without a GPU the Triton kernels run in Triton's interpreter (tests/test_triton.py). Triton
+    # Without a GPU the Triton kernels run in Triton's interpreter (tests/ops/test_triton.py). Triton
     # reads the variable when its modules are first imported, which any test file may cause
     # (torchvision imports torch._dynamo, which imports triton), so it is set before them all.
     os.environ.setdefault('TRITON_INTERPRET', '1')
@@ -16,8 +16,6 @@ try:  # the lent GPU machine has no OpenMMLab packages; its kernel tests need no
     from mmengine.registry import DefaultScope
 except ImportError:
     DefaultScope = None
-
-sys.path.insert(0, os.path.dirname(__file__))  # for na_reference
 
 
 # Hypothesis: derandomized by default (a fixed seed, printed in the header, and no example
@@ -32,7 +30,7 @@ settings.load_profile('nat_mm-fuzz' if FUZZ else 'nat_mm-ci')
 
 # pytest-xdist workers (`make test` runs two) share the cores: each worker's torch would
 # otherwise start one OpenMP thread per core, and threads spinning on a core the other worker
-# uses slow both down. The tool subprocesses set OMP_NUM_THREADS=1 (tools_common.ENV).
+# uses slow both down. The tool subprocesses set OMP_NUM_THREADS=1 (nat_mm.testing.tools.ENV).
 XDIST_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
 if XDIST_WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
@@ -55,9 +53,10 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
-    """The tiny demo-layout dataset of tools_common.write_demo_data (shared by the tool tests);
+    """The tiny demo-layout dataset of nat_mm.testing.tools.write_demo_data (shared by the tool
+    tests);
     its COCO files have no ``info`` key, as most converted custom datasets."""
-    from tools_common import write_demo_data
+    from nat_mm.testing.tools import write_demo_data
     return write_demo_data(tmp_path_factory.mktemp('demo'), with_info=False)
 
 
@@ -80,3 +79,12 @@ def _isolated_default_scope():
     if DefaultScope is not None:
         DefaultScope._instance_dict.clear()
         DefaultScope._instance_dict.update(_SESSION_SCOPES)
+
+
+@pytest.fixture(scope='module')
+def runner_checkpoint(tmp_path_factory):
+    """The epoch-1 checkpoint of a toy mmengine Runner (nat_mm.testing.runner), once per module."""
+    from nat_mm.testing.runner import train_toy_runner
+    work_dir = tmp_path_factory.mktemp('runner')
+    train_toy_runner(work_dir, max_epochs=1)
+    return work_dir / 'epoch_1.pth'

@@ -13,7 +13,8 @@ windows) with ``features_only`` (its four stage outputs), random weights, no dow
 of its runs; one module, one set of weights), so the fused-attention backends are compared
 inside the whole backbone.
 
-Peak memory is the extra memory a run needs above what the process held before it:
+Peak memory is the extra memory a run needs above what the process held before it
+(nat_mm.utils.benchmark.PeakMemory; the runs: nat_mm/utils/backbone_benchmark.py):
 - CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the
   memory allocated before the run;
 - CPU: the peak resident set size of the process (``VmHWM``, reset through
@@ -34,26 +35,20 @@ Examples::
     python tools/benchmark_backbone.py --device cuda --dtype bfloat16 --swin timm \\
         --nat-kernels triton tiled          # tools/gpu/check.sh's backbone step
 """
+
 import argparse
-import contextlib
-import ctypes
 import importlib.util
 import json
-import os
-import platform
-import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nat_mm  # noqa: E402
-from nat_mm.models import NAT  # noqa: E402
-
-DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+from nat_mm.utils.backbone_benchmark import DTYPES, benchmark_backbones, build_models  # noqa: E402
+from nat_mm.utils.benchmark import device_name  # noqa: E402
+from nat_mm.utils.plots import plot_backbone, replot  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -109,169 +104,10 @@ def parse_args(argv=None):
     return args
 
 
-def plot(json_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _plots import plot_backbone, png_beside
-
-    png = plot_backbone(json.loads(Path(json_path).read_text()), png_beside(json_path))
-    print(f'wrote {png}')
-    return png
-
-
-def build_mmdet_swin():
-    from mmdet.models.backbones import SwinTransformer
-
-    swin = SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                           window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2,
-                           patch_norm=True, out_indices=(0, 1, 2, 3), convert_weights=False)
-    swin.init_weights()
-    return swin
-
-
-class _StageOutputs(torch.nn.Module):
-    """A timm Swin without ``features_only`` support: its final feature map as the output."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return [self.model.forward_features(x)]
-
-
-def build_timm_swin(shape):
-    """timm's Swin-T for inputs of ``shape`` (H, W): its four stage outputs (NHWC), random
-    weights. timm 1.0 builds its attention masks for ``img_size`` and pads maps that are not a
-    multiple of the window."""
-    import timm
-
-    kwargs = dict(pretrained=False, img_size=tuple(shape), drop_path_rate=0.2)
-    try:
-        return timm.create_model('swin_tiny_patch4_window7_224', features_only=True,
-                                 out_indices=(0, 1, 2, 3), **kwargs)
-    except (TypeError, RuntimeError, ValueError) as error:  # an older timm
-        print(f'benchmark_backbone: timm Swin without features_only ({error}); timing '
-              'forward_features', file=sys.stderr)
-        return _StageOutputs(timm.create_model('swin_tiny_patch4_window7_224', num_classes=0,
-                                               **kwargs))
-
-
-def build_models(device, shape=(800, 1216), swin='mmdet', nat_kernels=None):
-    """``{name: (module, env)}``: NAT-Tiny (once per NAT_MM_CUDA_KERNEL value of
-    ``nat_kernels``, one module) and Swin-T; ``env`` is set around each run of the model."""
-    torch.manual_seed(0)
-    nat = NAT(arch='tiny', drop_path_rate=0.2)
-    nat.init_weights()
-    nat = nat.to(device)
-    models = {}
-    if nat_kernels:
-        for kernel in nat_kernels:
-            models[f'NAT-Tiny ({kernel})'] = (nat, {'NAT_MM_CUDA_KERNEL': kernel})
-    else:
-        models['NAT-Tiny'] = (nat, {})
-    if swin == 'mmdet':
-        models['Swin-T (mmdet)'] = (build_mmdet_swin().to(device), {})
-    else:
-        models['Swin-T (timm)'] = (build_timm_swin(shape).to(device), {})
-    return models
-
-
-@contextlib.contextmanager
-def environment(env):
-    """Set the environment variables of ``env`` inside the block, then restore them."""
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-class PeakMemory:
-    """Peak extra memory (bytes) of the code inside ``with`` (see the module docstring)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak = None
-
-    @staticmethod
-    def _status(field):
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f'no {field} in /proc/self/status')
-
-    def __enter__(self):
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return self
-        try:
-            ctypes.CDLL('libc.so.6').malloc_trim(0)
-        except OSError:
-            pass
-        self.base = self._status('VmRSS')
-        self.sampled = 0
-        try:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')  # reset VmHWM to the current RSS
-            self.use_hwm = True
-        except OSError:  # not Linux, or not allowed: sample RSS in a thread instead
-            self.use_hwm = False
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.002):
-            self.sampled = max(self.sampled, self._status('VmRSS'))
-
-    def __exit__(self, *exc):
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
-        elif self.use_hwm:
-            self.peak = self._status('VmHWM') - self.base
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.sampled, self._status('VmRSS')) - self.base
-        return False
-
-
-def run_once(model, x, mode, dtype, device, env=None):
-    """One timed run (with the environment variables of ``env`` set); returns (seconds, peak
-    extra bytes)."""
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    model.train(mode == 'train')
-    with environment(env or {}), PeakMemory(device) as mem:
-        start = time.perf_counter()
-        with autocast:
-            if mode == 'infer':
-                with torch.no_grad():
-                    outs = model(x)
-            else:
-                outs = model(x)
-                sum(o.float().mean() for o in outs).backward()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
-        del outs
-    model.zero_grad(set_to_none=True)
-    return elapsed, mem.peak
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
-        plot(args.replot)
+        print(f'wrote {replot(args.replot, plot_backbone)}')
         return None
     device = torch.device(args.device)
     if args.threads:
@@ -279,27 +115,10 @@ def main(argv=None):
     dtype = DTYPES[args.dtype]
     models = build_models(device, args.shape, args.swin, args.nat_kernels)
     x = torch.randn(args.batch, 3, *args.shape, device=device)
-    results = []
-    for mode in args.modes:
-        times = {name: [] for name in models}
-        peaks = {name: [] for name in models}
-        for name, (model, env) in models.items():
-            for _ in range(args.warmup):
-                run_once(model, x, mode, dtype, device, env)
-        for _ in range(args.repeats):  # interleaved: A B A B ...
-            for name, (model, env) in models.items():
-                t, peak = run_once(model, x, mode, dtype, device, env)
-                times[name].append(t)
-                peaks[name].append(peak)
-        for name in models:
-            results.append(dict(
-                model=name, mode=mode, median_ms=1e3 * statistics.median(times[name]),
-                min_ms=1e3 * min(times[name]), times_ms=[1e3 * t for t in times[name]],
-                peak_mb=max(peaks[name]) / 2**20))
+    results = benchmark_backbones(models, x, args.modes, dtype, device, args.repeats,
+                                  args.warmup)
 
-    env = dict(device=str(device), device_name=(torch.cuda.get_device_name(device)
-                                                if device.type == 'cuda' else platform.processor()
-                                                or platform.machine()),
+    env = dict(device=str(device), device_name=device_name(device),
                threads=torch.get_num_threads(), dtype=args.dtype, shape=list(args.shape),
                batch=args.batch, repeats=args.repeats, warmup=args.warmup,
                torch=torch.__version__, nat_mm_compiled_ops=nat_mm.ops.extension_loaded(),
@@ -320,7 +139,7 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps(dict(env=env, results=results), indent=2) + '\n')
         print(f'wrote {args.json}')
         if args.plot:
-            plot(args.json)
+            print(f'wrote {replot(args.json, plot_backbone)}')
     return results
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-process training with torchrun (PyTorch DDP through mmengine).
 # Usage: tools/dist_train.sh CONFIG NGPUS [train.py args...]
-# Without CUDA the processes use the gloo backend on the CPU (see tools/_common.py).
+# Without CUDA the processes use the gloo backend on the CPU (see nat_mm/mm/runtime.py).
 # NNODES, NODE_RANK, MASTER_ADDR and PORT configure multi-node runs.
 set -euo pipefail
 CONFIG=$1

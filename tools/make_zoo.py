@@ -1,126 +1,28 @@
-"""Write the model zoo, configs/README.md: one row per released config.
+"""Write the model zoo: configs/metafile.yml's measured fields, then configs/README.md from it.
 
-Each row comes from the config itself (backbone, arch, ImageNet checkpoint, parameter count of the
-built model) and from the small table of official results below (the NAT.md and DiNAT.md tables
-of SHI-Labs/Neighborhood-Attention-Transformer: the papers' parameters, FLOPs, box/mask AP or
-single-/multi-scale mIoU, and the official trained checkpoint). FLOPs measured here with
-tools/get_flops.py are kept in configs/flops.json (``--measure-flops`` writes it; it takes
-minutes per model on a CPU), so regenerating the zoo is quick and deterministic.
+configs/metafile.yml (mmdet's metafile format; ``nat_mm.mm.zoo`` reads it, and openmim through
+model-index.yml) holds the NAT/DiNAT papers' numbers (parameters, FLOPs, results, official
+checkpoints), written by hand, and ours, written here: the parameter count of the model each
+config builds and its schedule on every run, the FLOPs of tools/get_flops.py with
+``--measure-flops`` (minutes per model on a CPU; kept in the metafile, so regenerating the zoo is
+quick and deterministic). Each README row also takes the backbone, arch and ImageNet checkpoint
+from its config.
 
 Examples:
-    python tools/make_zoo.py                       # rewrite configs/README.md
-    python tools/make_zoo.py --check               # exit 1 if configs/README.md is stale
+    python tools/make_zoo.py                       # rewrite configs/metafile.yml and README.md
+    python tools/make_zoo.py --check               # exit 1 if either is stale
     python tools/make_zoo.py --measure-flops configs/det/mask_rcnn_dinat_s_tiny_3x.py
 """
 import argparse
-import glob
-import json
 import os.path as osp
-import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+import nat_mm  # noqa: F401  registers the backbones
+from nat_mm.mm import zoo
+from nat_mm.mm.cli import ConfigError, run
+
+ROOT = zoo.ROOT
 ZOO = osp.join(ROOT, 'configs', 'README.md')
-FLOPS_FILE = osp.join(ROOT, 'configs', 'flops.json')
-
-NAT_DET = 'https://shi-labs.com/projects/nat/checkpoints/DET/'
-NAT_SEG = 'https://shi-labs.com/projects/nat/checkpoints/SEG/'
-DINAT_COCO = 'https://shi-labs.com/projects/dinat/checkpoints/coco/'
-DINAT_ADE = 'https://shi-labs.com/projects/dinat/checkpoints/ade20k/'
-DINAT_M2F = 'https://shi-labs.com/projects/dinat/checkpoints/m2f/'
-
-# config -> (params M, FLOPs G, metrics, checkpoint): the official tables (detection/{NAT,
-# DiNAT}.md, segmentation/{NAT,DiNAT}.md, and DiNAT.md's Mask2Former tables). Metrics are
-# (box AP, mask AP) or (mIoU, multi-scale mIoU), and for Mask2Former (PQ, mask AP, mIoU) with
-# None where the official table has no number.
-OFFICIAL: Dict[str, Tuple[int, int, Tuple[Optional[float], ...], str]] = {
-    'det/mask_rcnn_nat_mini_3x.py': (40, 225, (46.5, 41.7), NAT_DET + 'nat_mini_maskrcnn.pth'),
-    'det/mask_rcnn_nat_tiny_3x.py': (48, 258, (47.7, 42.6), NAT_DET + 'nat_tiny_maskrcnn.pth'),
-    'det/mask_rcnn_nat_small_3x.py': (70, 330, (48.4, 43.2),
-                                      NAT_DET + 'nat_small_maskrcnn.pth'),
-    'det/cascade_nat_mini_3x.py': (77, 704, (50.3, 43.6),
-                                   NAT_DET + 'nat_mini_cascademaskrcnn.pth'),
-    'det/cascade_nat_tiny_3x.py': (85, 737, (51.4, 44.5),
-                                   NAT_DET + 'nat_tiny_cascademaskrcnn.pth'),
-    'det/cascade_nat_small_3x.py': (108, 809, (52.0, 44.9),
-                                    NAT_DET + 'nat_small_cascademaskrcnn.pth'),
-    'det/cascade_nat_base_3x.py': (147, 931, (52.3, 45.1),
-                                   NAT_DET + 'nat_base_cascademaskrcnn.pth'),
-    'det/mask_rcnn_dinat_mini_3x.py': (40, 225, (47.2, 42.5),
-                                       DINAT_COCO + 'maskrcnn_dinat_mini.pth'),
-    'det/mask_rcnn_dinat_tiny_3x.py': (48, 258, (48.6, 43.5),
-                                       DINAT_COCO + 'maskrcnn_dinat_tiny.pth'),
-    'det/mask_rcnn_dinat_small_3x.py': (70, 330, (49.3, 44.0),
-                                        DINAT_COCO + 'maskrcnn_dinat_small.pth'),
-    'det/cascade_dinat_mini_3x.py': (77, 704, (51.2, 44.4),
-                                     DINAT_COCO + 'cascadedmaskrcnn_dinat_mini.pth'),
-    'det/cascade_dinat_tiny_3x.py': (85, 737, (52.2, 45.1),
-                                     DINAT_COCO + 'cascadedmaskrcnn_dinat_tiny.pth'),
-    'det/cascade_dinat_small_3x.py': (108, 809, (52.9, 45.8),
-                                      DINAT_COCO + 'cascadedmaskrcnn_dinat_small.pth'),
-    'det/cascade_dinat_base_3x.py': (147, 931, (53.4, 46.2),
-                                     DINAT_COCO + 'cascadedmaskrcnn_dinat_base.pth'),
-    'det/cascade_dinat_large_3x.py': (258, 1276, (55.3, 47.8),
-                                      DINAT_COCO + 'cascadedmaskrcnn_dinat_large.pth'),
-    'det/mask_rcnn_dinat_s_tiny_3x.py': (48, 263, (46.6, 42.1),
-                                         DINAT_COCO + 'maskrcnn_dinat_s_tiny.pth'),
-    'det/mask_rcnn_dinat_s_small_3x.py': (69, 350, (48.6, 43.5),
-                                          DINAT_COCO + 'maskrcnn_dinat_s_small.pth'),
-    'det/cascade_dinat_s_tiny_3x.py': (86, 742, (51.0, 44.1),
-                                       DINAT_COCO + 'cascadedmaskrcnn_dinat_s_tiny.pth'),
-    'det/cascade_dinat_s_small_3x.py': (107, 829, (52.3, 45.2),
-                                        DINAT_COCO + 'cascadedmaskrcnn_dinat_s_small.pth'),
-    'det/cascade_dinat_s_base_3x.py': (145, 966, (52.6, 45.3),
-                                       DINAT_COCO + 'cascadedmaskrcnn_dinat_s_base.pth'),
-    'det/cascade_dinat_s_large_3x.py': (253, 1357, (54.8, 47.2),
-                                        DINAT_COCO + 'cascadedmaskrcnn_dinat_s_large.pth'),
-    'seg/upernet_nat_mini_160k.py': (50, 900, (45.1, 46.4), NAT_SEG + 'nat_mini_upernet.pth'),
-    'seg/upernet_nat_tiny_160k.py': (58, 934, (47.1, 48.4), NAT_SEG + 'nat_tiny_upernet.pth'),
-    'seg/upernet_nat_small_160k.py': (82, 1010, (48.0, 49.5),
-                                      NAT_SEG + 'nat_small_upernet.pth'),
-    'seg/upernet_nat_base_160k.py': (123, 1137, (48.5, 49.7), NAT_SEG + 'nat_base_upernet.pth'),
-    'seg/upernet_dinat_mini_160k.py': (50, 900, (45.8, 47.2),
-                                       DINAT_ADE + 'upernet_dinat_mini.pth'),
-    'seg/upernet_dinat_tiny_160k.py': (58, 934, (47.8, 48.8),
-                                       DINAT_ADE + 'upernet_dinat_tiny.pth'),
-    'seg/upernet_dinat_small_160k.py': (82, 1010, (48.9, 49.9),
-                                        DINAT_ADE + 'upernet_dinat_small.pth'),
-    'seg/upernet_dinat_base_160k.py': (123, 1137, (49.6, 50.4),
-                                       DINAT_ADE + 'upernet_dinat_base.pth'),
-    'seg/upernet_dinat_large_160k.py': (238, 2335, (53.5, 54.6),
-                                        DINAT_ADE + 'upernet_dinat_large.pth'),
-    'seg/upernet_dinat_s_tiny_160k.py': (60, 941, (46.0, 47.4),
-                                         DINAT_ADE + 'upernet_dinat_s_tiny.pth'),
-    'seg/upernet_dinat_s_small_160k.py': (81, 1030, (48.6, 49.9),
-                                          DINAT_ADE + 'upernet_dinat_s_small.pth'),
-    'seg/upernet_dinat_s_base_160k.py': (121, 1173, (49.4, 50.2),
-                                         DINAT_ADE + 'upernet_dinat_s_base.pth'),
-    'seg/upernet_dinat_s_large_160k.py': (234, 2466, (53.4, 54.6),
-                                          DINAT_ADE + 'upernet_dinat_s_large.pth'),
-    'det/mask2former_dinat_large_coco_panoptic.py': (
-        220, 522, (58.5, 49.2, 68.3), DINAT_M2F + 'mask2former_dinat_large_coco_panoptic.pth'),
-    'det/mask2former_dinat_large_coco_instance.py': (
-        220, 522, (None, 50.8, None), DINAT_M2F + 'mask2former_dinat_large_coco_instance.pth'),
-    'seg/mask2former_dinat_large_ade20k_160k.py': (
-        220, 518, (None, None, 58.1), DINAT_M2F + 'mask2former_dinat_large_ade20k_semantic.pth'),
-    'seg/mask2former_dinat_large_cityscapes_90k.py': (
-        220, 509, (None, None, 84.5),
-        DINAT_M2F + 'mask2former_dinat_large_cityscapes_semantic.pth'),
-}
-
-# The input size (H, W) of the papers' FLOPs: 1280x800 (COCO), 512x2048 (ADE20K); the two Large
-# UPerNets were counted at 640x2560.
-FLOPS_SHAPES = {'det': (1280, 800), 'seg': (512, 2048)}
-FLOPS_SHAPE_OVERRIDES = {
-    'seg/upernet_dinat_large_160k.py': (640, 2560),
-    'seg/upernet_dinat_s_large_160k.py': (640, 2560),
-    # Mask2Former: the official FLOPs come from detectron2's analyze_model, averaged over
-    # validation images; we count at the test-time input size of each dataset.
-    'det/mask2former_dinat_large_coco_panoptic.py': (800, 1333),
-    'det/mask2former_dinat_large_coco_instance.py': (800, 1333),
-    'seg/mask2former_dinat_large_ade20k_160k.py': (640, 640),
-    'seg/mask2former_dinat_large_cityscapes_90k.py': (1024, 2048),
-}
 
 HEADS = {'mask': 'Mask R-CNN 3x', 'cascade': 'Cascade Mask R-CNN 3x',
          'upernet': 'UPerNet 160k', 'mask2former': 'Mask2Former'}
@@ -128,46 +30,46 @@ HEADS = {'mask': 'Mask R-CNN 3x', 'cascade': 'Cascade Mask R-CNN 3x',
 M2F_TASKS = {'coco_panoptic': 'COCO panoptic 100ep', 'coco_instance': 'COCO instance 100ep',
              'ade20k_160k': 'ADE20K semantic 160k', 'cityscapes_90k': 'Cityscapes semantic 90k'}
 BACKBONES = {'NAT': 'NAT', 'DiNAT': 'DiNAT', 'DiNAT_s': 'DiNAT<sub>s</sub>'}
-
-
-def list_configs() -> List[str]:
-    """Released configs, relative to configs/ (the demo configs are left out)."""
-    paths = glob.glob(osp.join(ROOT, 'configs', '*', '*.py'))
-    rel = [osp.relpath(p, osp.join(ROOT, 'configs')) for p in paths]
-    return sorted(p for p in rel if not osp.basename(p).startswith('demo_'))
-
-
-def flops_shape(config: str) -> Tuple[int, int]:
-    return FLOPS_SHAPE_OVERRIDES.get(config, FLOPS_SHAPES[config.split('/')[0]])
+# The metrics of each table, by their names in the metafile's Results
+METRICS = {'det': ('box AP', 'mask AP'), 'seg': ('mIoU', 'mIoU(ms+flip)'),
+           'm2f': ('PQ', 'mask AP', 'mIoU', 'mIoU(ms+flip)')}
 
 
 def count_params(cfg) -> int:
     """Parameters of the config's model, built on the meta device (no memory, no init)."""
-    import torch
-    from mmengine.registry import init_default_scope
-    init_default_scope(cfg.default_scope)
-    if cfg.default_scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
-    cfg.model.backbone.init_cfg = None
-    with torch.device('meta'):
-        model = MODELS.build(cfg.model)
-    return sum(p.numel() for p in model.parameters())
+    from nat_mm.mm.build import count_params as count_model_params
+    return count_model_params(cfg)
 
 
 def load_config(config: str):
-    import nat_mm  # noqa: F401  registers the backbones
     from nat_mm.mm.cli import load_config as load_user_config
     return load_user_config(osp.join(ROOT, 'configs', config))
+
+
+def schedule(cfg) -> Dict[str, int]:
+    """``{'Epochs': n}`` or ``{'Iterations': n}`` from the config's ``train_cfg``."""
+    train = cfg.get('train_cfg') or {}
+    if train.get('max_epochs'):
+        return {'Epochs': train['max_epochs']}
+    return {'Iterations': train['max_iters']} if train.get('max_iters') else {}
+
+
+def refresh(data: dict, cfgs: Dict[str, object]) -> None:
+    """Write our parameter count and schedule of every config into the metafile ``data``."""
+    for config, cfg in cfgs.items():
+        meta = zoo.find_model(data, config).setdefault('Metadata', {})
+        for key in ('Epochs', 'Iterations'):
+            meta.pop(key, None)
+        meta.update(schedule(cfg))
+        meta[zoo.PARAMETERS] = count_params(cfg)
 
 
 def _link(url: Optional[str], text: str) -> str:
     return f'[{text}]({url})' if url else '-'
 
 
-def row(config: str, flops: Dict[str, float]) -> str:
-    cfg = load_config(config)
+def row(model: zoo.ZooModel, cfg, metrics) -> str:
+    config = model.config
     backbone = cfg.model.backbone
     head = HEADS[osp.basename(config).split('_')[0]]
     if head == 'Mask2Former':
@@ -176,46 +78,45 @@ def row(config: str, flops: Dict[str, float]) -> str:
     init = backbone.get('init_cfg') or {}
     pretrain = init.get('checkpoint')
     pretrain_name = 'IN-22k' if pretrain and 'imagenet22k' in pretrain else 'IN-1k'
-    params = count_params(cfg) / 1e6
-    paper_params, paper_flops, metrics, trained = OFFICIAL[config]
-    shape = flops_shape(config)
-    ours = flops.get(config)
-    flops_text = f'{paper_flops} / {ours:.1f}' if ours is not None else f'{paper_flops} / -'
+    params = f'{model.params / 1e6:.1f}' if model.params is not None else '-'
+    flops = f'{model.flops / 1e9:.1f}' if model.flops is not None else '-'
+    h, w = model.flops_shape
+    values = [model.metrics.get(m) for m in metrics]
     return (f'| [{osp.basename(config)}]({config}) | {name} | {head} | '
-            f'{paper_params} / {params:.1f} | {flops_text} ({shape[0]}x{shape[1]}) | '
-            f'{" | ".join("-" if m is None else str(m) for m in metrics)} | '
+            f'{model.paper_params_m} / {params} | {model.paper_flops_g} / {flops} ({h}x{w}) | '
+            f'{" | ".join("-" if v is None else str(v) for v in values)} | '
             f'{_link(pretrain, pretrain_name)} | '
-            f'{_link(trained, "official")} |')
+            f'{_link(model.weights, "official")} |')
 
 
 HEADER = """# Model zoo
 
-Generated by `python tools/make_zoo.py` from the configs and the official NAT/DiNAT results
-(SHI-Labs/Neighborhood-Attention-Transformer, `detection/{NAT,DiNAT}.md` and
-`segmentation/{NAT,DiNAT}.md`); do not edit by hand (`tests/test_zoo.py` checks it is current).
+Generated by `python tools/make_zoo.py` from [metafile.yml](metafile.yml) and the configs; do not
+edit by hand (`tests/configs/test_zoo.py` checks that both files are current). The metafile is in mmdet's
+format (Collections; Models with Config, Metadata, Results, Weights) and the repository's
+`model-index.yml` imports it, so openmim's loader reads it (`modelindex.load('model-index.yml')`).
+Each number in it is either the papers' or ours:
 
-- **Params (M)**: the official table / the model this config builds (counted here).
-- **FLOPs (G)**: the official table / `tools/get_flops.py CONFIG --shape H W` here (measured
-  values are kept in `configs/flops.json`; `-` where not measured yet), at the input size given.
-- **AP / mIoU**: the official results of the official checkpoints: COCO val box AP and mask AP
-  (detection), ADE20K val single-scale mIoU and multi-scale mIoU (`tools/test.py CONFIG CKPT
-  --tta` runs the same multi-scale + flip test as mmseg 0.x's `--aug-test`).
-- **Pre-training**: the ImageNet checkpoint the config starts from (`model.backbone.init_cfg`).
-- **Trained**: the official COCO / ADE20K checkpoint (written by mmcv 1.x; `tools/test.py CONFIG
-  URL` loads it).
+| metafile.yml | Whose | What |
+|---|---|---|
+| `Metadata.Paper Parameters (M)`, `Metadata.Paper FLOPs (G)` | papers | as tabled (rounded) by the NAT and DiNAT papers and SHI-Labs/Neighborhood-Attention-Transformer (`detection/{NAT,DiNAT}.md`, `segmentation/{NAT,DiNAT}.md`, DiNAT's Mask2Former tables) |
+| `Results` | papers | the official checkpoints' results: COCO val box AP, mask AP, PQ; ADE20K and Cityscapes val mIoU (single scale) and `mIoU(ms+flip)` (multi-scale + flip; `tools/test.py CONFIG CKPT --tta` runs the same test as mmseg 0.x's `--aug-test`) |
+| `Weights` | papers | the official trained checkpoint (written by mmcv 1.x; `tools/test.py CONFIG URL` loads it; Mask2Former's: see below) |
+| `Metadata.Parameters` | ours | the exact parameter count of the model the config builds (`tools/make_zoo.py`) |
+| `Metadata.FLOPs` | ours | `tools/get_flops.py CONFIG --shape H W` at `Metadata.FLOPs Input Size` (HxW), rounded to 0.1 GFLOPs (`tools/make_zoo.py --measure-flops CONFIG`); absent where not measured yet |
+| `Metadata.Epochs`, `Metadata.Iterations` | ours | the config's schedule (`tools/make_zoo.py`) |
+
+In the tables below, **Params (M)** and **FLOPs (G)** are the papers' / ours, at the input size
+given (`-` where not measured yet); the metrics are the papers'; **Pre-training** is the ImageNet
+checkpoint the config starts from (`model.backbone.init_cfg`) and **Trained** the official one.
 
 """
 
-
-METRICS = {'det': ('box AP', 'mask AP'), 'seg': ('mIoU', 'mIoU (ms)'),
-           'm2f': ('PQ', 'mask AP', 'mIoU')}
-
-
 M2F_TITLE = '''## Mask2Former (COCO: mmdet; ADE20K, Cityscapes: mmseg)
 
-Official results of DiNAT.md's Mask2Former tables (detectron2 runs): PQ, mask AP and mIoU of
+The papers' results of DiNAT's Mask2Former tables (detectron2 runs): PQ, mask AP and mIoU of
 COCO panoptic, mask AP of COCO instance, multi-scale mIoU of ADE20K and Cityscapes semantic;
-the official FLOPs were counted by detectron2's analyze_model over validation images, ours at
+the papers' FLOPs were counted by detectron2's analyze_model over validation images, ours at
 the input size given. Only the configs are checked
 here (parameters, one CPU training step with a shrunk backbone, the checkpoint converter);
 no real checkpoint was loaded and nothing was trained at scale. The official checkpoints are
@@ -230,72 +131,92 @@ def table(rows: List[str], task: str) -> str:
     return head + '\n'.join(rows) + '\n'
 
 
-def render(configs: List[str], flops: Dict[str, float]) -> str:
+def render(models: Dict[str, zoo.ZooModel], cfgs: Dict[str, object]) -> str:
     text = HEADER
-    m2f = [c for c in configs if osp.basename(c).startswith('mask2former_')]
+    m2f = [c for c in models if osp.basename(c).startswith('mask2former_')]
     for task, title in (('det', '## COCO (mmdet)'), ('seg', '## ADE20K (mmseg)')):
-        rows = [row(c, flops) for c in configs if c.startswith(task + '/') and c not in m2f]
+        rows = [row(models[c], cfgs[c], METRICS[task]) for c in models
+                if c.startswith(task + '/') and c not in m2f]
         text += f'{title}\n\n{table(rows, task)}\n'
     if m2f:
-        rows = [row(c, flops) for c in m2f]
+        rows = [row(models[c], cfgs[c], METRICS['m2f']) for c in m2f]
         text += f'{M2F_TITLE}\n\n{table(rows, "m2f")}\n'
     return text.rstrip('\n') + '\n'
 
 
-def read_flops() -> Dict[str, float]:
-    if not osp.exists(FLOPS_FILE):
-        return {}
-    with open(FLOPS_FILE) as f:
-        return json.load(f)
+def _relative(config: str) -> str:
+    """A config given as a path (``configs/det/x.py``) or relative to configs/ (``det/x.py``)."""
+    if osp.exists(config):
+        return osp.relpath(osp.abspath(config), osp.join(ROOT, 'configs'))
+    return config
 
 
-def measure_flops(configs: List[str]) -> None:
-    """Run tools/get_flops.py's counter on ``configs`` and store the results (GFLOPs)."""
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-    import get_flops
-    flops = read_flops()
-    for config in configs:
-        config = osp.relpath(osp.abspath(config), osp.join(ROOT, 'configs')) \
-            if osp.exists(config) else config
-        value, _ = get_flops.count(load_config(config), flops_shape(config))
-        flops[config] = round(value / 1e9, 1)
-        print(f'{config}: {flops[config]}G at {flops_shape(config)}', flush=True)
-        with open(FLOPS_FILE, 'w') as f:
-            json.dump(dict(sorted(flops.items())), f, indent=1)
-            f.write('\n')
+def measure_flops(data: dict, configs: List[str]) -> None:
+    """Count ``configs``' FLOPs with tools/get_flops.py's counter (nat_mm.mm.flops.count_flops)
+    at their ``FLOPs Input Size`` and write each into the metafile as soon as it is counted."""
+    from nat_mm.mm.flops import count_flops
+    models = zoo.parse_metafile(data)
+    for config in map(_relative, configs):
+        if config not in models:
+            raise ConfigError(f'--measure-flops: {config} is not in configs/metafile.yml')
+        shape = models[config].flops_shape
+        value, _ = count_flops(load_config(config), shape)
+        zoo.find_model(data, config)['Metadata'][zoo.FLOPS] = zoo.round_flops(value)
+        print(f'{config}: {value / 1e9:.1f}G at {shape}', flush=True)
+        zoo.write_metafile(data)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Write the model zoo (configs/metafile.yml and configs/README.md)')
+    parser.add_argument('--check', action='store_true',
+                        help='do not write; exit 1 when configs/metafile.yml or '
+                        'configs/README.md is not current')
+    parser.add_argument('--measure-flops', nargs='+', metavar='CONFIG',
+                        help='count the FLOPs of these configs first (slow) and keep them in '
+                        'configs/metafile.yml')
+    return parser.parse_args(argv)
+
+
+def check_listed(data: dict, configs: List[str]) -> None:
+    """Every released config has one metafile entry, and every entry a config."""
+    listed = {zoo.config_of(entry) for entry in data['Models']}
+    missing, gone = sorted(set(configs) - listed), sorted(listed - set(configs))
+    if missing:
+        raise ConfigError(f'configs/metafile.yml has no entry for {missing}: add one with Name, '
+                          f'In Collection, Config, Metadata ({zoo.FLOPS_INPUT_SIZE}, '
+                          f'{zoo.PAPER_PARAMETERS}, {zoo.PAPER_FLOPS}), Results and Weights')
+    if gone:
+        raise ConfigError(f'configs/metafile.yml lists configs that do not exist: {gone}')
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description='Write the model zoo (configs/README.md)')
-    parser.add_argument('--check', action='store_true',
-                        help='do not write; exit 1 when configs/README.md is not current')
-    parser.add_argument('--measure-flops', nargs='+', metavar='CONFIG',
-                        help='count the FLOPs of these configs first (slow) and keep them in '
-                        'configs/flops.json')
-    args = parser.parse_args(argv)
-    configs = list_configs()
-    unknown = sorted(set(configs) - set(OFFICIAL))
-    if unknown:
-        from nat_mm.mm.cli import ConfigError
-        raise ConfigError(f'no official results for {unknown}: add them to OFFICIAL in '
-                          'tools/make_zoo.py')
+    args = parse_args(argv)
+    configs = zoo.list_configs()
+    data = zoo.read_metafile()
+    check_listed(data, configs)
     if args.measure_flops:
-        measure_flops(args.measure_flops)
-    text = render(configs, read_flops())
+        measure_flops(data, args.measure_flops)
+    cfgs = {config: load_config(config) for config in configs}
+    refresh(data, cfgs)
+    texts = {zoo.METAFILE: zoo.dump_metafile(data),
+             ZOO: render(zoo.parse_metafile(data), cfgs)}
     if args.check:
-        with open(ZOO) as f:
-            current = f.read()
-        if current != text:
-            print('configs/README.md is not current: run python tools/make_zoo.py')
+        stale = []
+        for path, text in texts.items():
+            with open(path) as f:
+                if f.read() != text:
+                    stale.append(osp.relpath(path, ROOT))
+        if stale:
+            print(f'{" and ".join(stale)} not current: run python tools/make_zoo.py')
             return 1
         return 0
-    with open(ZOO, 'w') as f:
-        f.write(text)
-    print(f'wrote {ZOO} ({len(configs)} configs)')
+    for path, text in texts.items():
+        with open(path, 'w') as f:
+            f.write(text)
+    print(f'wrote {zoo.METAFILE} and {ZOO} ({len(configs)} configs)')
     return 0
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, ROOT)
-    from nat_mm.mm.cli import run
     run(main)

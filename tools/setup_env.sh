@@ -59,7 +59,8 @@ fi
 
 log "OpenMMLab, timm and test dependencies"
 pip_install mmcv=="$MMCV_VERSION" mmengine mmdet mmsegmentation ftfy regex timm pycocotools \
-  opencv-python pytest pytest-xdist hypothesis natten onnx onnxruntime onnxscript matplotlib
+  opencv-python pytest pytest-xdist hypothesis natten onnx onnxruntime onnxscript matplotlib \
+  model-index
 
 log "nat_mm (editable) and its extension"
 pip_install --no-deps --no-build-isolation -e "$ROOT"

@@ -8,19 +8,16 @@ Examples:
     tools/dist_test.sh configs/det/cascade_nat_tiny_3x.py ckpt.pth 8
 """
 import argparse
-import os.path as osp
-import warnings
 
-from mmengine.config import ConfigDict
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import nat_mm  # noqa: F401  registers NAT and DiNAT even without custom_imports
-import nat_mm.mm.legacy_checkpoint  # noqa: F401  registers LegacyCheckpointHook
+import nat_mm  # noqa: F401  registers the backbones and LegacyCheckpointHook, as custom_imports
 from nat_mm.mm.checkpoint_io import checkpoint_origin
-from nat_mm.mm.cli import ConfigError, DictAction, InputValueError, load_config, run
-from _common import (adapt_to_cpu, check_checkpoint, check_data_paths, default_work_dir,
-                     finish_distributed, init_cpu_distributed, set_local_rank_env, task_of)
+from nat_mm.mm.cli import DictAction, InputValueError, run
+from nat_mm.mm.runtime import (adapt_to_cpu, apply_tta, check_checkpoint, check_data_paths,
+                               finish_distributed, init_cpu_distributed, load_run_config,
+                               set_local_rank_env, trigger_visualization_hook)
 
 
 def parse_args():
@@ -55,52 +52,9 @@ def parse_args():
     return args
 
 
-def trigger_visualization_hook(cfg, args, task):
-    """Turn on the visualization hook for --show/--show-dir (mmdet's and mmseg's way)."""
-    hook = (cfg.get('default_hooks') or {}).get('visualization')
-    if hook is None:
-        raise ConfigError('--show/--show-dir need a `visualization` entry in '
-                           'default_hooks (DetVisualizationHook or SegVisualizationHook)')
-    hook['draw'] = True
-    if args.show:
-        hook['show'] = True
-        hook['wait_time'] = args.wait_time
-    if args.show_dir:
-        show_dir = osp.abspath(args.show_dir)
-        if task == 'det':
-            # DetVisualizationHook writes <test_out_dir>/<image name>
-            hook['test_out_dir'] = show_dir
-        else:
-            # SegLocalVisualizer writes <save_dir>/vis_data/vis_image/<image name>_<step>.png;
-            # SegVisualizationHook draws every `interval`-th batch only: draw them all
-            cfg.visualizer['save_dir'] = show_dir
-            hook['interval'] = 1
-
-
-def apply_tta(cfg, task):
-    """Wrap the model in the config's TTA model and use its TTA pipeline."""
-    if task == 'det' and 'tta_model' not in cfg:
-        warnings.warn('no tta_model in the config; using DetTTAModel with NMS 0.5')
-        cfg.tta_model = dict(type='DetTTAModel',
-                             tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
-                                          max_per_img=100))
-    if 'tta_pipeline' not in cfg or 'tta_model' not in cfg:
-        raise ConfigError('--tta needs `tta_pipeline` (and for segmentation `tta_model`) in the '
-                          'config')
-    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-
-
 def main():
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    task = task_of(cfg)
-    if task == 'det':
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
-
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
+    cfg, task = load_run_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     check_checkpoint(args.checkpoint, 'checkpoint')
     cfg.load_from = args.checkpoint
     # Accept mmcv 1.x checkpoints (the official mmdet 2.x / mmseg 0.x ones) and check every
@@ -108,7 +62,7 @@ def main():
     cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='LegacyCheckpointHook')]
 
     if args.show or args.show_dir:
-        trigger_visualization_hook(cfg, args, task)
+        trigger_visualization_hook(cfg, args.show, args.show_dir, args.wait_time, task)
     if args.tta:
         apply_tta(cfg, task)
     if args.out is not None and task == 'seg':

@@ -7,20 +7,20 @@ Examples:
     tools/dist_train.sh configs/det/cascade_nat_tiny_3x.py 4 --total-batch-size 16
 
 Works on machines without CUDA too (fp16 falls back to fp32; torchrun runs use gloo): see
-tools/_common.py.
+nat_mm/mm/runtime.py.
 """
 import argparse
-import os
 
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import nat_mm  # noqa: F401  registers NAT and DiNAT even without custom_imports
 from nat_mm.mm.checkpoint_io import checkpoint_origin
-from nat_mm.mm.cli import ConfigError, DictAction, InputValueError, load_config, run
-from _common import (adapt_to_cpu, check_checkpoint, check_data_paths, check_pretrained,
-                     default_work_dir, finish_distributed, init_cpu_distributed,
-                     set_local_rank_env, task_of)
+from nat_mm.mm.cli import ConfigError, DictAction, run
+from nat_mm.mm.runtime import (adapt_to_cpu, check_checkpoint, check_data_paths,
+                               check_pretrained, finish_distributed, init_cpu_distributed,
+                               load_run_config, per_process_batch_size, set_local_rank_env,
+                               world_size)
 
 
 def parse_args():
@@ -54,44 +54,9 @@ def parse_args():
     return args
 
 
-def world_size(launcher: str) -> int:
-    """The number of training processes the launcher starts (1 without a launcher)."""
-    if launcher == 'none':
-        return 1
-    variables = {'pytorch': ('WORLD_SIZE',), 'slurm': ('SLURM_NTASKS', 'WORLD_SIZE'),
-                 'mpi': ('OMPI_COMM_WORLD_SIZE', 'PMI_SIZE', 'WORLD_SIZE')}[launcher]
-    for name in variables:
-        if os.environ.get(name):
-            return int(os.environ[name])
-    raise ConfigError(f'--launcher {launcher}: cannot tell the world size, none of '
-                      f'{list(variables)} is set (start the run with torchrun, srun or mpirun)')
-
-
-def per_process_batch_size(total: int, world: int) -> int:
-    """Split a total batch evenly over ``world`` processes.
-
-    Raises:
-        InputValueError: (a ``ValueError``) ``total`` < 1, or ``world`` not dividing it.
-    """
-    if total < 1:
-        raise InputValueError(f'--total-batch-size must be >= 1, got {total}')
-    if total % world:
-        divisors = [n for n in range(1, total + 1) if total % n == 0]
-        raise InputValueError(f'--total-batch-size {total} cannot be split evenly over {world} '
-                         f'processes; use a number of GPUs in {divisors}, or another total')
-    return total // world
-
-
 def main():
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    task = task_of(cfg)
-    if task == 'det':
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
-
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
+    cfg, _ = load_run_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'

@@ -132,7 +132,7 @@ inline void store(const Acc* acc, Acc scale, T* out, int64_t D) {
 // exp that the compiler can vectorise (libm's expf is a scalar call here; glibc declares its
 // vector variants only under -ffast-math). x = n ln2 + r with |r| <= ln2 / 2, e^r from the
 // degree-7 polynomial of Cephes' expf, 2^n written into the exponent bits. Relative error below
-// 1e-7 (tests/test_ops.py checks every kernel against a float64 oracle); underflows to 0,
+// 1e-7 (tests/ops/test_ops.py checks every kernel against a float64 oracle); underflows to 0,
 // overflows to inf and passes NaN through like std::exp. Needs -fno-trapping-math to vectorise.
 inline float vec_exp(float x) {
   float xc = x < -87.3f ? -87.3f : x;

@@ -1,6 +1,6 @@
 // How the CUDA sources launch kernels, declare dynamic shared memory and register their ops.
 //
-// The real build (nvcc) gets CUDA's own syntax. The host emulator of the tests (tests/cuda_emu)
+// The real build (nvcc) gets CUDA's own syntax. The host emulator of the tests (nat_mm/testing/cuda_emu)
 // defines these macros before it includes a .cu, so the same source runs there unchanged: every
 // launch goes through NAT_LAUNCH and every dynamic shared memory declaration through
 // NAT_DYNAMIC_SHARED, never through <<<>>> or `extern __shared__` directly.

@@ -18,8 +18,13 @@ checked key by key against the model (mmengine itself loads with ``strict=False`
 log a missing weight), so a rename we do not know of is an error naming the keys, not a silently
 half-initialised model.
 
-:class:`LegacyCheckpointHook` applies both when the Runner loads ``load_from``;
-``tools/test.py`` adds it.
+:class:`LegacyCheckpointHook` applies both when the Runner loads ``load_from``. It is registered
+in mmengine's root ``HOOKS`` when this module is imported, which ``import nat_mm`` does; the
+``HOOKS`` of mmdet and mmseg are children of that registry and look names up in it, so the
+Runner finds it in mmdet-, mmseg- and mmengine-scoped configs. Our ``tools/test.py`` adds it to
+every run; with mmdet's or mmseg's own ``tools/test.py`` a config enables it with
+``custom_imports=dict(imports=['nat_mm'])`` and
+``custom_hooks=[dict(type='LegacyCheckpointHook')]``.
 """
 import re
 from collections import OrderedDict

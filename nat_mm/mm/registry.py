@@ -1,5 +1,13 @@
 """Register NAT, DiNAT and DiNAT_s in mmdet's and mmseg's ``MODELS`` registries.
 
+:func:`register_backbones` (run by ``import nat_mm``) puts the three classes below, under their
+own names, in ``mmdet.registry.MODELS`` (scope ``mmdet``) and ``mmseg.registry.MODELS`` (scope
+``mmseg``), whichever of mmdet and mmseg is installed, and nowhere else: not in mmengine's root
+``MODELS`` (a config with ``default_scope='mmengine'`` builds no detector or segmentor). Configs
+may also name them with the scope, ``type='mmdet.NAT'`` / ``type='mmseg.DiNAT_s'``. This module
+registers nothing else; ``LegacyCheckpointHook`` goes into mmengine's ``HOOKS`` from
+:mod:`nat_mm.mm.legacy_checkpoint` (see :mod:`nat_mm.mm`).
+
 The registered classes are thin subclasses of the plain-torch backbones in ``nat_mm.models``
 that mix in mmengine's ``BaseModule``: same constructor, same state-dict names, plus mmengine's
 ``init_cfg`` handling. ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)`` goes

@@ -15,14 +15,14 @@ Module names are the official ones, so official checkpoints load without renamin
 Small maps are handled as in NAT (and as NATTEN 0.14 did for the official models): a map smaller
 than ``kernel_size * dilation`` is zero-padded bottom/right inside the attention.
 """
-import copy
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .nat import NAT, NATBlock
+from .backbone import NABackbone
+from .nat import NATBlock
 
 __all__ = ['PatchEmbed', 'PatchMerging', 'DiNATsBlock', 'DiNAT_s']
 
@@ -101,13 +101,16 @@ class DiNATsBlock(NATBlock):
         self.downsample = PatchMerging(dim, norm_layer) if downsample else None
 
 
-class DiNAT_s(NAT):
+class DiNAT_s(NABackbone):
     """DiNAT_s backbone: Swin's layout with (dilated) neighborhood attention.
 
-    Same contract as :class:`NAT` (``out_indices``, ``frozen_stages`` with mmdet Swin's
-    semantics, ``with_cp``, ``init_cfg``, ``norm_eval``; four NCHW maps at strides 4, 8, 16, 32
-    for any input size), with the official DiNAT_s module names (``layers.{i}`` instead of
-    NAT's ``levels.{i}``). ``dilations`` defaults to the official preset for ``task``.
+    A sibling of :class:`~nat_mm.models.NAT` on the same base,
+    :class:`~nat_mm.models.NABackbone`, so the same contract (``out_indices``,
+    ``frozen_stages`` with mmdet Swin's semantics, ``with_cp``, ``init_cfg``, ``norm_eval``;
+    four NCHW maps at strides 4, 8, 16, 32 for any input size), with the official DiNAT_s stem
+    (:class:`PatchEmbed`), levels (:class:`DiNATsBlock`, with a :class:`PatchMerging`) and
+    module names (``layers.{i}`` instead of NAT's ``levels.{i}``). ``dilations`` defaults to
+    the official preset for ``task`` (docs/design.md section 10).
 
     Args:
         arch (str): Preset in :attr:`arch_settings` ('tiny', 'small', 'base', 'large').
@@ -135,12 +138,13 @@ class DiNAT_s(NAT):
             ``0 .. i-1`` and their output norms. Defaults to -1.
         norm_eval (bool): Keep the norms in eval mode during training. Defaults to False.
         with_cp (bool): Activation checkpointing per layer. Defaults to False.
-        init_cfg (dict | list[dict], optional): Initialisation config (see :class:`NAT`).
-            Defaults to None.
+        init_cfg (dict | list[dict], optional): Initialisation config (see
+            :class:`~nat_mm.models.NABackbone`). Defaults to None.
 
     Raises:
         ValueError: an unknown ``arch`` or ``task``, ``depths`` without a dilation preset and
-            no ``dilations``, and the errors of :class:`NAT`.
+            no ``dilations``, and the errors of :class:`~nat_mm.models.NABackbone`.
+        TypeError: see :class:`~nat_mm.models.NABackbone`.
 
     Example:
         >>> model = DiNAT_s(arch='tiny', depths=(1, 1, 1, 1), dilations=[[1]] * 4).eval()
@@ -191,53 +195,20 @@ class DiNAT_s(NAT):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
-        # NAT.__init__ builds NAT's stem and levels: skip it and build DiNAT_s's own (the
-        # checks and the rest of the contract are NAT's).
-        super(NAT, self).__init__()
-        name = type(self).__name__
-        preset = self.get_arch_setting(arch)
-        embed_dims = preset['embed_dims'] if embed_dims is None else embed_dims
-        depths = tuple(preset['depths'] if depths is None else depths)
-        num_heads = tuple(preset['num_heads'] if num_heads is None else num_heads)
-        mlp_ratio = preset['mlp_ratio'] if mlp_ratio is None else mlp_ratio
-        if len(depths) != len(num_heads):
-            raise ValueError(f'{name}: depths and num_heads need one entry per level, got '
-                             f'depths={list(depths)}, num_heads={list(num_heads)}')
-        if task not in self.dilation_presets:
-            raise ValueError(f'{name}: unknown task {task!r}; valid tasks are '
-                             f'{sorted(self.dilation_presets)}')
-        if dilations is None:
-            presets = self.dilation_presets[task]
-            dilations = presets.get(depths[2]) if len(depths) == 4 else None
-            if dilations is None or [len(d) for d in dilations] != list(depths):
-                raise ValueError(f'{name}: no {task!r} dilation preset for depths='
-                                 f'{list(depths)}; pass dilations explicitly (one list per '
-                                 'level, one int per block)')
-            dilations = copy.deepcopy(dilations)
-        self._set_levels(arch, embed_dims, depths, num_heads, dilations, kernel_size,
-                         out_indices, frozen_stages, norm_eval, with_cp, init_cfg)
+        dilations = self._task_dilations(task, dilations, arch, depths)
+        super().__init__(arch, embed_dims=embed_dims, depths=depths, num_heads=num_heads,
+                         mlp_ratio=mlp_ratio, kernel_size=kernel_size, dilations=dilations,
+                         out_indices=out_indices, frozen_stages=frozen_stages,
+                         norm_eval=norm_eval, with_cp=with_cp, init_cfg=init_cfg)
         self.task = task
-        dilations, num_levels = self.dilations, self.num_levels
-
-        self.patch_embed = PatchEmbed(patch_size, in_channels, embed_dims, nn.LayerNorm)
+        self.patch_embed = PatchEmbed(patch_size, in_channels, self.embed_dims, nn.LayerNorm)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        # on the CPU even under `with torch.device('meta')` (parameter counts without memory)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
-        self.layers = nn.ModuleList()
-        for i in range(num_levels):
-            start = sum(depths[:i])
-            self.layers.append(DiNATsBlock(
-                self.num_features[i], depths[i], num_heads[i], kernel_size=kernel_size,
-                dilations=dilations[i], downsample=i < num_levels - 1, mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
-                drop_path=dpr[start:start + depths[i]], norm_layer=nn.LayerNorm,
-                layer_scale=None, with_cp=with_cp))
-        for i in self.out_indices:
-            self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
-        self._freeze_stages()
+        self.layers = self._build_levels(DiNATsBlock, drop_path_rate, qkv_bias=qkv_bias,
+                                         drop=drop_rate, attn_drop=attn_drop_rate)
+        self._build_outputs()
 
     @property
     def levels(self) -> nn.ModuleList:
-        """The levels under NAT's name (``layers`` holds them, as in the official DiNAT_s), so
-        NAT's ``_freeze_stages`` and ``forward`` apply unchanged."""
+        """The levels under NAT's name (``layers`` holds them, as in the official DiNAT_s), which
+        :class:`~nat_mm.models.NABackbone`'s freezing and ``forward`` use."""
         return self.layers

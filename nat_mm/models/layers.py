@@ -4,7 +4,7 @@ Both modules work on channels-last maps ``[B, H, W, C]``; parameter names are th
 ones (``qkv``, ``rpb``, ``proj``, ``norm1``, ``mlp.fc1``, ``gamma1``, ...), so official
 checkpoints load without renaming.
 """
-from typing import Optional, Type
+from typing import Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,12 @@ class NeighborhoodAttention2D(nn.Module):
     projection and cropped back before the output projection, as the official models (NATTEN 0.14)
     were trained.
 
+    Recording the attention weights: with ``save_attention = True`` (see
+    :func:`nat_mm.models.attention.record_attention`) every forward computes the weights
+    explicitly, ``softmax(na2d_qk(q * scale, k, rpb=rpb))`` in float32, keeps a detached copy in
+    ``attention_weights`` (``[B, Hp, Wp, heads, kh*kw]``, over the padded map ``Hp x Wp``) and
+    applies them with ``na2d_av``; the output is the same attention as the fused ``na2d``.
+
     Args:
         dim (int): Channels ``C`` of the input ``[B, H, W, C]``.
         num_heads (int): Attention heads; must divide ``dim``.
@@ -43,6 +49,12 @@ class NeighborhoodAttention2D(nn.Module):
         qk_scale (float, optional): Scale of ``q.k``. Defaults to ``head_dim ** -0.5``.
         attn_drop (float): Dropout on the attention weights. Defaults to 0.
         proj_drop (float): Dropout after the output projection. Defaults to 0.
+
+    Attributes:
+        save_attention (bool): Record the attention weights of each forward. Defaults to False.
+        attention_weights (Tensor | None): The weights of the last forward with
+            ``save_attention``, ``[B, Hp, Wp, heads, kh*kw]`` float32 (slot ``ki * kw + kj``);
+            None otherwise.
 
     Raises:
         TypeError: ``dim``, ``num_heads``, ``kernel_size`` or ``dilation`` not an int.
@@ -87,6 +99,19 @@ class NeighborhoodAttention2D(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.save_attention = False
+        self.attention_weights: Optional[torch.Tensor] = None
+
+    @property
+    def min_map_size(self) -> int:
+        """``kernel_size * dilation``: maps shorter than this on an axis are zero-padded to it
+        (bottom/right) before the qkv projection and cropped back after the attention."""
+        return self.kernel_size * self.dilation
+
+    def padding(self, height: int, width: int) -> Tuple[int, int]:
+        """The ``(bottom, right)`` zero padding :meth:`forward` gives a ``height x width`` map."""
+        window = self.min_map_size
+        return max(0, window - height), max(0, window - width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend within each query's neighbourhood.
@@ -98,8 +123,7 @@ class NeighborhoodAttention2D(nn.Module):
             Tensor: ``[B, H, W, C]``.
         """
         B, H, W, C = x.shape
-        window = self.kernel_size * self.dilation
-        pad_b, pad_r = max(0, window - H), max(0, window - W)
+        pad_b, pad_r = self.padding(H, W)
         if pad_b or pad_r:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
@@ -107,9 +131,12 @@ class NeighborhoodAttention2D(nn.Module):
         # [B, Hp, Wp, 3, heads, D]: q, k, v are strided views with a contiguous last axis.
         q, k, v = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
         rpb = self.rpb.to(q.dtype)  # under autocast q is fp16/bf16, the parameter is not
-        if self.training and self.attn_drop.p > 0:
+        if self.save_attention or (self.training and self.attn_drop.p > 0):
             attn = na2d_qk(q * self.scale, k, self.kernel_size, self.dilation, rpb=rpb)
-            attn = self.attn_drop(attn.float().softmax(dim=-1)).to(v.dtype)
+            attn = attn.float().softmax(dim=-1)
+            if self.save_attention:
+                self.attention_weights = attn.detach()
+            attn = self.attn_drop(attn).to(v.dtype)
             x = na2d_av(attn, v, self.kernel_size, self.dilation)
         else:
             x = na2d(q, k, v, self.kernel_size, self.dilation, rpb=rpb, scale=self.scale)

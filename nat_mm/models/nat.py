@@ -4,14 +4,13 @@ Module names follow the official NAT/DiNAT code, so official checkpoints load as
 ``patch_embed.proj.{0,1}``, ``patch_embed.norm``, ``levels.{i}.blocks.{j}.*``,
 ``levels.{i}.downsample.{reduction,norm}`` and the output norms ``norm{i}``.
 """
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
 
-from .layers import NATLayer, NeighborhoodAttention2D
+from .backbone import NABackbone
+from .layers import NATLayer
 
 __all__ = ['ConvTokenizer', 'ConvDownsampler', 'NATBlock', 'NAT', 'DiNAT']
 
@@ -121,14 +120,16 @@ class NATBlock(nn.Module):
         return self.downsample(x), x
 
 
-class NAT(nn.Module):
+class NAT(NABackbone):
     """Neighborhood Attention Transformer backbone (Hassani et al., CVPR 2023).
 
     A conv stem (stride 4) and four levels of NAT layers with conv downsamplers between them.
     Returns one NCHW map per entry of ``out_indices``, with ``C * 2**i`` channels at stride
     ``4 * 2**i`` (``ceil`` of the input size divided by the stride) for any input size; maps
     smaller than ``kernel_size * dilation`` are zero-padded inside the attention. Internally the
-    layers work channels-last, ``[B, H, W, C]``.
+    layers work channels-last, ``[B, H, W, C]``. The checks, the freezing, ``init_weights`` and
+    ``forward`` are those of :class:`~nat_mm.models.NABackbone`; NAT adds the conv stem
+    (:class:`ConvTokenizer`) and its levels (:class:`NATBlock`, with a :class:`ConvDownsampler`).
 
     Args:
         arch (str): Preset in :attr:`arch_settings` ('mini', 'tiny', 'small', 'base'); the
@@ -204,182 +205,24 @@ class NAT(nn.Module):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
-        super().__init__()
-        name = type(self).__name__
-        preset = self.get_arch_setting(arch)
-        embed_dims = preset['embed_dims'] if embed_dims is None else embed_dims
-        depths = tuple(preset['depths'] if depths is None else depths)
-        num_heads = tuple(preset['num_heads'] if num_heads is None else num_heads)
-        mlp_ratio = preset['mlp_ratio'] if mlp_ratio is None else mlp_ratio
-        layer_scale = preset['layer_scale'] if layer_scale is None else (layer_scale or None)
-        if len(depths) != len(num_heads):
-            raise ValueError(f'{name}: depths and num_heads need one entry per level, got '
-                             f'depths={list(depths)}, num_heads={list(num_heads)}')
-        self._set_levels(arch, embed_dims, depths, num_heads, dilations, kernel_size,
-                         out_indices, frozen_stages, norm_eval, with_cp, init_cfg)
-        dilations, num_levels = self.dilations, self.num_levels
-
-        self.patch_embed = ConvTokenizer(in_channels, embed_dims, nn.LayerNorm)
+        super().__init__(arch, embed_dims=embed_dims, depths=depths, num_heads=num_heads,
+                         mlp_ratio=mlp_ratio, layer_scale=layer_scale, kernel_size=kernel_size,
+                         dilations=dilations, out_indices=out_indices,
+                         frozen_stages=frozen_stages, norm_eval=norm_eval, with_cp=with_cp,
+                         init_cfg=init_cfg)
+        self.patch_embed = ConvTokenizer(in_channels, self.embed_dims, nn.LayerNorm)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        # on the CPU even under `with torch.device('meta')` (parameter counts without memory)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
-        self.levels = nn.ModuleList()
-        for i in range(num_levels):
-            start = sum(depths[:i])
-            self.levels.append(NATBlock(
-                dim=self.num_features[i], depth=depths[i], num_heads=num_heads[i],
-                kernel_size=kernel_size, dilations=dilations[i],
-                downsample=i < num_levels - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                drop=drop_rate, attn_drop=attn_drop_rate,
-                drop_path=dpr[start:start + depths[i]], norm_layer=nn.LayerNorm,
-                layer_scale=layer_scale, with_cp=with_cp))
-        for i in self.out_indices:
-            self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
-        self._freeze_stages()
-
-    def _set_levels(self, arch, embed_dims, depths, num_heads, dilations, kernel_size,
-                    out_indices, frozen_stages, norm_eval, with_cp, init_cfg) -> None:
-        """Check the level layout and the contract arguments, and keep them as attributes
-        (shared by NAT, DiNAT and DiNAT_s, which build their own stem and levels after it)."""
-        name = type(self).__name__
-        num_levels = len(depths)
-        dilations = self._check_dilations(dilations, depths)
-        self.out_indices = self._check_out_indices(out_indices, num_levels)
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int):
-            raise TypeError(f'{name}: frozen_stages must be an int, got {frozen_stages!r}')
-        if not -1 <= frozen_stages <= num_levels:
-            raise ValueError(f'{name}: frozen_stages must be in range(-1, {num_levels + 1}), '
-                             f'got frozen_stages={frozen_stages}')
-        self.arch = arch
-        self.embed_dims = embed_dims
-        self.depths = depths
-        self.num_heads = num_heads
-        self.dilations = dilations
-        self.kernel_size = kernel_size
-        self.num_levels = num_levels
-        self.num_features = [int(embed_dims * 2 ** i) for i in range(num_levels)]
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
-        self.init_cfg = copy.deepcopy(init_cfg)
-
-    @classmethod
-    def get_arch_setting(cls, arch: str) -> dict:
-        """Return a copy of the preset ``arch``; ValueError listing the valid ones otherwise."""
-        if arch not in cls.arch_settings:
-            raise ValueError(f'{cls.__name__}: unknown arch {arch!r}; valid archs are '
-                             f'{sorted(cls.arch_settings)}')
-        return dict(cls.arch_settings[arch])
-
-    def _check_dilations(self, dilations, depths) -> List[List[int]]:
-        name = type(self).__name__
-        if dilations is None:
-            return [[1] * d for d in depths]
-        if not isinstance(dilations, (list, tuple)) or len(dilations) != len(depths):
-            raise ValueError(f'{name}: dilations must hold one list per level '
-                             f'({len(depths)} levels, depths={list(depths)}), got {dilations!r}')
-        checked = []
-        for i, (level, depth) in enumerate(zip(dilations, depths)):
-            if not isinstance(level, (list, tuple)) or len(level) != depth:
-                raise ValueError(f'{name}: dilations[{i}] must hold one int per block '
-                                 f'(depths[{i}]={depth}), got {level!r}')
-            for d in level:
-                if isinstance(d, bool) or not isinstance(d, int):
-                    raise TypeError(f'{name}: dilations must be ints, got {d!r} in '
-                                    f'dilations[{i}]={list(level)}')
-                if d < 1:
-                    raise ValueError(f'{name}: dilations must be >= 1, got {d} in '
-                                     f'dilations[{i}]={list(level)}')
-            checked.append(list(level))
-        return checked
-
-    def _check_out_indices(self, out_indices, num_levels) -> Tuple[int, ...]:
-        name = type(self).__name__
-        if isinstance(out_indices, int) and not isinstance(out_indices, bool):
-            out_indices = (out_indices,)
-        if not isinstance(out_indices, (list, tuple)) or not out_indices:
-            raise TypeError(f'{name}: out_indices must be a non-empty sequence of ints, '
-                            f'got {out_indices!r}')
-        for i in out_indices:
-            if isinstance(i, bool) or not isinstance(i, int):
-                raise TypeError(f'{name}: out_indices must be ints, got {out_indices!r}')
-            if not 0 <= i < num_levels:
-                raise ValueError(f'{name}: out_indices must be in range(0, {num_levels}), '
-                                 f'got out_indices={tuple(out_indices)}')
-        return tuple(sorted(set(out_indices)))
-
-    def init_weights(self) -> None:
-        """Initialise from scratch: trunc_normal(std=0.02) Linear weights and zero biases,
-        LayerNorm ones/zeros, rpb trunc_normal(std=0.02), layer scales to their init value.
-
-        Convolutions keep PyTorch's default init, as in the official models. Loading a
-        pretrained checkpoint (``init_cfg``) is handled by the mmengine wrapper in ``nat_mm.mm``.
-        """
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, NeighborhoodAttention2D):
-                trunc_normal_(m.rpb, std=.02)
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages >= 0:
-            self.patch_embed.eval()
-            self.pos_drop.eval()
-            for p in self.patch_embed.parameters():
-                p.requires_grad = False
-        for i in range(1, self.frozen_stages + 1):
-            frozen = [self.levels[i - 1]]
-            if i - 1 in self.out_indices:
-                frozen.append(getattr(self, f'norm{i - 1}'))
-            for m in frozen:
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'NAT':
-        """Set the training mode, keeping frozen stages (and norms with ``norm_eval``) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
-                    m.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Compute the multi-level features.
-
-        Args:
-            x (Tensor): Images ``[B, in_channels, H, W]``, any ``H, W >= 1``.
-
-        Returns:
-            tuple[Tensor]: For each ``i`` in ``out_indices``, a contiguous NCHW map
-            ``[B, C * 2**i, ceil(H / 2**(i+2)), ceil(W / 2**(i+2))]``.
-        """
-        x = self.pos_drop(self.patch_embed(x))
-        outs = []
-        last = self.out_indices[-1]
-        for i, level in enumerate(self.levels):
-            x, level_out = level(x)
-            if i in self.out_indices:
-                out = getattr(self, f'norm{i}')(level_out)
-                outs.append(out.permute(0, 3, 1, 2).contiguous())
-            if i == last:
-                break
-        return tuple(outs)
+        self.levels = self._build_levels(NATBlock, drop_path_rate, qkv_bias=qkv_bias,
+                                         drop=drop_rate, attn_drop=attn_drop_rate)
+        self._build_outputs()
 
 
 class DiNAT(NAT):
     """Dilated Neighborhood Attention Transformer backbone (Hassani & Shi, 2022).
 
     NAT with a dilation per layer. Takes every argument of :class:`NAT`; ``dilations``
-    defaults to the official preset for ``task`` (DESIGN.md section 5), which depends on the
-    depth of level 2 (6 for 'mini', 18 for the deeper archs).
+    defaults to the official preset for ``task`` (docs/design.md section 5), which depends on
+    the depth of level 2 (6 for 'mini', 18 for the deeper archs).
 
     Args:
         arch (str): Preset in :attr:`arch_settings` ('mini', 'tiny', 'small', 'base',
@@ -418,17 +261,6 @@ class DiNAT(NAT):
                  dilations: Optional[Sequence[Sequence[int]]] = None,
                  task: str = 'det',
                  **kwargs) -> None:
-        if task not in self.dilation_presets:
-            raise ValueError(f'DiNAT: unknown task {task!r}; valid tasks are '
-                             f'{sorted(self.dilation_presets)}')
-        if dilations is None:
-            depths = kwargs.get('depths') or self.get_arch_setting(arch)['depths']
-            presets = self.dilation_presets[task]
-            preset = presets.get(depths[2]) if len(depths) == 4 else None
-            if preset is None or [len(level) for level in preset] != list(depths):
-                raise ValueError(f'DiNAT: no {task!r} dilation preset for depths={list(depths)}'
-                                 '; pass dilations explicitly (one list per level, one int '
-                                 'per block)')
-            dilations = copy.deepcopy(preset)
+        dilations = self._task_dilations(task, dilations, arch, kwargs.get('depths'))
         super().__init__(arch=arch, dilations=dilations, **kwargs)
         self.task = task

@@ -1,6 +1,6 @@
 """Neighborhood attention through torch's FlexAttention, over two token orders.
 
-NAT's window (DESIGN.md section 3) is a FlexAttention ``mask_mod`` and its relative positional
+NAT's window (docs/design.md section 3) is a FlexAttention ``mask_mod`` and its relative positional
 bias a ``score_mod``, over the tokens of a ``[B, H, W, heads, D]`` map put in one of two orders:
 
 - ``row_major``: token ``y * W + x`` (a plain reshape). A 128-token block is a strip of one or two

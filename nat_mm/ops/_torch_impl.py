@@ -13,7 +13,7 @@ def window_indices(length: int, kernel: int, dilation: int,
                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """Key positions ``[L, k]`` of every query on one axis and their rpb indices ``[L, k]``.
 
-    Row i holds the positions of the k keys of query i (DESIGN.md section 3): residue group
+    Row i holds the positions of the k keys of query i (docs/design.md section 3): residue group
     ``i % d``, window start clamped so the window stays inside the group.
     """
     pos = torch.arange(length, device=device)
@@ -24,6 +24,25 @@ def window_indices(length: int, kernel: int, dilation: int,
     keys = (start[:, None] + torch.arange(kernel, device=device)) * dilation + group[:, None]
     rpb_idx = torch.div(keys - pos[:, None], dilation, rounding_mode='floor') + kernel - 1
     return keys, rpb_idx
+
+
+def inverse_window_bounds(length: int, kernel: int, dilation: int,
+                          device: Optional[torch.device] = None
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The inverse neighbourhood of every key on one axis, derived from :func:`window_indices`.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``first [L]`` and ``stop [L]`` int64: the queries whose window
+        holds key ``j`` are ``range(first[j], stop[j], dilation)`` (``stop`` is one past the
+        last of them).
+    """
+    keys, _ = window_indices(length, kernel, dilation, device)
+    queries = torch.arange(length, device=device)[:, None].expand_as(keys).flatten()
+    first = torch.full((length,), length, dtype=torch.long, device=device)
+    last = torch.full((length,), -1, dtype=torch.long, device=device)
+    first = first.scatter_reduce(0, keys.flatten(), queries, 'amin')
+    last = last.scatter_reduce(0, keys.flatten(), queries, 'amax')
+    return first, last + 1
 
 
 def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Imported only by ``nat_mm.ops._triton`` (lazily: CPU-only installs never need tr
 these run compiled or in Triton's interpreter is decided when this module is imported
 (``TRITON_INTERPRET=1`` then: the tests run them on the CPU that way).
 
-Work decomposition (DESIGN.md section 3, in group coordinates): with dilation ``(dh, dw)`` the map
+Work decomposition (docs/design.md section 3, in group coordinates): with dilation ``(dh, dw)``
+the map
 splits into ``dh * dw`` residue groups ``(cy, cx)``; group ``(cy, cx)`` holds the positions
 ``(py * dh + cy, px * dw + cx)``, an ``ny x nx`` sub-map (``ny = ceil((H - cy) / dh)``) on which
 dilated NA is plain NA with kernel ``(kh, kw)``: query ``p`` sees the group positions
@@ -122,7 +123,7 @@ def _halo(t0, n, T: tl.constexpr, K: tl.constexpr):
 @triton.jit
 def _inverse(t0, n, T: tl.constexpr, K: tl.constexpr):
     """``[lo, hi)`` on an axis: the queries whose windows hold a tile position ``t0 .. t0 + T -
-    1`` (the inverse neighbourhood, DESIGN.md section 3, in group coordinates)."""
+    1`` (the inverse neighbourhood, docs/design.md section 3, in group coordinates)."""
     last = tl.minimum(t0 + T, n) - 1
     return tl.where(t0 < K, 0, t0 - K // 2), tl.where(last >= n - K, n, last + K // 2 + 1)
 

@@ -4,7 +4,8 @@ that every grid-stride loop of the kernels runs several times on the GPU.
 Why: the kernels cap their grids at ``NAT_MAX_BLOCKS`` blocks (csrc/cuda/launch.h; 2^20 in the
 real build) and loop over the rest, a path the real build never takes at test sizes. This copy is
 the real ``csrc/cuda/na2d_cuda.cu`` and ``na2d_tiled.cu`` compiled with
-``-DNAT_MAX_BLOCKS=<--max-blocks>`` (default 2, as tests/cuda_emu/build.py does for the emulator)
+``-DNAT_MAX_BLOCKS=<--max-blocks>`` (default 2, as nat_mm/testing/cuda_emu/build.py does for the
+emulator)
 and ``-DNAT_MM_CUDA_LIBRARY=nat_mm_capped`` (with ``NAT_MM_CUDA_KEY=CUDA``), plus
 tools/gpu/capped_ops.cpp, which defines the schemas in that library; so its ops are
 ``torch.ops.nat_mm_capped.*`` on CUDA tensors and ``nat_mm._C``'s stay untouched in the same
@@ -20,10 +21,12 @@ file is removed (older torch blocks while that file exists, so one left by a run
 limit would block every later run).
 A run with nothing changed rebuilds nothing and only loads the library.
 
-``--check`` then runs tools/gpu/sanitize_cases.py's six ops against the float64 oracle on the
-loaded library (``--kernels``: the NAT_MM_CUDA_KERNEL values, read by its C++ at every call).
+``--check`` then runs the six ops of tools/gpu/sanitize_cases.py (nat_mm/testing/op_cases.py)
+against the float64 oracle on the loaded library (``--kernels``: the NAT_MM_CUDA_KERNEL values,
+read by its C++ at every call).
 
-``--emulator`` uses the CUDA emulator of the tests instead (tests/cuda_emu/build.py: the same .cu
+``--emulator`` uses the CUDA emulator of the tests instead (nat_mm/testing/cuda_emu/build.py: the
+same .cu
 compiled for the host with the same cap, library ``nat_mm_cuda_emu``, CPU tensors): what
 ``tools/gpu/check.sh --cpu-dry-run`` checks, on a machine without a GPU.
 
@@ -115,9 +118,10 @@ def build_capped(build_dir: Path, max_blocks: int = 2, arch=None, verbose=True) 
 
 
 def load_emulator() -> str:
-    """Build (if needed) and load tests/cuda_emu (NAT_MAX_BLOCKS=2, CPU tensors)."""
-    sys.path.insert(0, str(ROOT / 'tests'))
-    from cuda_emu import build as emu_build
+    """Build (if needed) and load the CUDA emulator, nat_mm/testing/cuda_emu (NAT_MAX_BLOCKS=2,
+    CPU tensors)."""
+    sys.path.insert(0, str(ROOT))  # the checkout's nat_mm
+    from nat_mm.testing.cuda_emu import build as emu_build
 
     start = time.perf_counter()
     path = emu_build.load()
@@ -152,11 +156,12 @@ def main(argv=None):
         namespace, device = NAMESPACE, 'cuda'
     if not args.check:
         return 0
-    sys.path.insert(0, str(HERE))
-    import sanitize_cases
+    sys.path.insert(0, str(ROOT))  # the checkout's nat_mm
+    from nat_mm.testing.op_cases import RawOps, run_cases
 
-    return sanitize_cases.main(['--device', device, '--ops-namespace', namespace,
-                                '--kernels', *args.kernels])
+    print(f'sanitize_cases: torch.ops.{namespace} on {device}, kernels '
+          f'{" ".join(args.kernels)}', flush=True)
+    return 1 if run_cases(RawOps(namespace), device, args.kernels) else 0
 
 
 if __name__ == '__main__':

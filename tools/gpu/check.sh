@@ -17,7 +17,7 @@
 #  Phase 1: compile
 #   env           GPU, driver, torch, triton, timm, nvcc, compute-sanitizer; which benchmark_op.py
 #                 backends exist here
-#   tests-triton  (bg) pytest tests/test_triton.py -k "bfloat16 or not float16" -n 6: the Triton
+#   tests-triton  (bg) pytest tests/ops/test_triton.py -k "bfloat16 or not float16" -n 6: the Triton
 #                 kernels compiled, against the float64 oracle, in bfloat16 (GPU only) and float32
 #                 (float16 ran in the interpreter; CHECK_TRITON_PYTEST_ARGS replaces the args)
 #   warm-triton   (bg) tools/gpu/warm.py: the benchmark's first calls of the triton backend, per
@@ -41,11 +41,11 @@
 #                 initcheck checks all, since a filtered initcheck does not see the writes of the
 #                 kernels it skips (torch.randn's) and reports their reads as uninitialized.
 #                 --sanitize-triton adds the Triton kernels to memcheck (one tile config)
-#   tests-flex    (bg) pytest tests/test_flex.py and the flex tests of tests/test_benchmark_op.py
+#   tests-flex    (bg) pytest tests/ops/test_flex.py and the flex tests of tests/tools/test_benchmark_op.py
 #                 (compiled FlexAttention on CUDA vs the oracle); sanitize_cases.py --kernels flex
 #   capped        (bg) build_capped.py --check: the capped library's six ops against the oracle,
 #                 reference and tiled kernels: every grid-stride loop runs several times
-#   tests         pytest tests/test_ops.py tests/test_benchmark_op.py -k "cuda and not flex" -n 4:
+#   tests         pytest tests/ops/test_ops.py tests/tools/test_benchmark_op.py -k "cuda and not flex" -n 4:
 #                 the C++ CUDA kernels (CHECK_PYTEST_ARGS replaces the args; split on spaces)
 #  Phase 3: timings, one at a time (NAT-Tiny's four layers at 800x1216: benchmark_op.py --shapes
 #  800x1216, 20 repeats, medians, forward and forward+backward; nat_mm = auto always runs too)
@@ -63,10 +63,10 @@
 # Dry run (--cpu-dry-run, or automatic when torch sees no GPU): each GPU-only step says "skipped
 # (no GPU)"; the others run on the CPU: env; no build (the extension must be built already: make
 # setup); tests-triton = one interpreter case; warm-flex and flex:float32 = flex on the `smoke`
-# shape; capped-build / capped = the CUDA emulator of the tests (tests/cuda_emu: the same .cu for
+# shape; capped-build / capped = the CUDA emulator of the tests (nat_mm/testing/cuda_emu: the same .cu for
 # the host, NAT_MAX_BLOCKS=2) and sanitize_cases.py's checks on it; the sanitizer steps = one
-# sanitize-cases:cpu step (the CPU kernels, no sanitizer); tests = tests/test_benchmark_op.py -m
-# "not slow"; tests-flex = a few quick tests/test_flex.py tests; bench:float32 = nat_mm and gather
+# sanitize-cases:cpu step (the CPU kernels, no sanitizer); tests = tests/tools/test_benchmark_op.py -m
+# "not slow"; tests-flex = a few quick tests/ops/test_flex.py tests; bench:float32 = nat_mm and gather
 # on `smoke`; backbone = the CPU at 64x96 with timm's Swin; then the summary of that JSON.
 # pytest runs with tests/conftest.py, which needs no OpenMMLab package (the GPU machine has none).
 #
@@ -303,9 +303,8 @@ if torch.cuda.is_available():
 sys.path.insert(0, 'nat_mm/ops')
 from _build import find_cuda_home  # noqa: E402  (the toolkit setup.py will use)
 print(f'CUDA toolkit: {find_cuda_home()}')
-sys.path.insert(0, 'tools')
-import benchmark_op  # noqa: E402
-names = sorted(benchmark_op.make_backends(device))
+from nat_mm.utils.na_benchmark import make_backends  # noqa: E402
+names = sorted(make_backends(device))
 print(f'benchmark_op.py backends on {device}: {" ".join(names)}')
 with open(backends_file, 'w') as f:
     f.write(' '.join(names) + '\n')
@@ -386,18 +385,18 @@ run_pytest() {  # suite: cuda | triton | flex
   local args=() n=0 override=
   case "$1" in
     cuda) n=4; override="${CHECK_PYTEST_ARGS:-}"
-      args=(tests/test_ops.py tests/test_benchmark_op.py -k "cuda and not flex") ;;
+      args=(tests/ops/test_ops.py tests/tools/test_benchmark_op.py -k "cuda and not flex") ;;
     triton) n=6; override="${CHECK_TRITON_PYTEST_ARGS:-}"
-      args=(tests/test_triton.py -k "bfloat16 or not float16") ;;
+      args=(tests/ops/test_triton.py -k "bfloat16 or not float16") ;;
     flex) n=4; override="${CHECK_FLEX_PYTEST_ARGS:-}"
-      args=(tests/test_flex.py tests/test_benchmark_op.py -k flex -m "not slow") ;;
+      args=(tests/ops/test_flex.py tests/tools/test_benchmark_op.py -k flex -m "not slow") ;;
   esac
   if [ "$DRY" = 1 ]; then
     n=0
     case "$1" in
-      cuda) args=(tests/test_benchmark_op.py -m "not slow") ;;
-      triton) args=(tests/test_triton.py -k "tile-edges-k3-float32-rpb or opcheck") ;;
-      flex) args=(tests/test_flex.py -m "not slow" -k "reshape or bad_order or cached") ;;
+      cuda) args=(tests/tools/test_benchmark_op.py -m "not slow") ;;
+      triton) args=(tests/ops/test_triton.py -k "tile-edges-k3-float32-rpb or opcheck") ;;
+      flex) args=(tests/ops/test_flex.py -m "not slow" -k "reshape or bad_order or cached") ;;
     esac
   fi
   [ -z "$override" ] || read -ra args <<<"$override"

@@ -7,8 +7,8 @@ in the background while the extension builds and the tests run. What stays on di
 compiled kernels (``~/.triton/cache``; the autotuner compiles every candidate config of a kernel,
 its choice itself is not kept between processes, so the benchmark times the candidates again,
 from cache); FlexAttention's ``torch.compile`` of each layer shape and mode (Inductor's FX graph
-and kernel caches). The calls are exactly the benchmark's: backends from
-``benchmark_op.make_backends``, their ``prepare`` hook (the flex BlockMask), then one
+and kernel caches). The calls are exactly the benchmark's (nat_mm/utils/na_benchmark.py):
+backends from ``make_backends``, their ``prepare`` hook (the flex BlockMask), then one
 ``run_once`` on ``make_inputs``. A backend benchmark_op does not offer here is skipped with a
 note. Best effort: a failing call is printed and the rest go on; exit status 1 if any failed.
 
@@ -23,10 +23,9 @@ import time
 
 import torch
 
-TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(TOOLS))
-sys.path.insert(0, TOOLS)
-import benchmark_op  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the checkout's nat_mm
+from nat_mm.utils import na_benchmark  # noqa: E402
 
 
 def main(argv=None):
@@ -36,11 +35,11 @@ def main(argv=None):
     parser.add_argument('--dtypes', nargs='+', default=['bfloat16'],
                         choices=['bfloat16', 'float16', 'float32'])
     parser.add_argument('--shapes', nargs='+', default=['800x1216'],
-                        choices=sorted(benchmark_op.SHAPES))
+                        choices=sorted(na_benchmark.SHAPES))
     parser.add_argument('--modes', nargs='+', default=['fwd', 'fwd+bwd'],
                         choices=['fwd', 'fwd+bwd'])
     args = parser.parse_args(argv)
-    available = benchmark_op.make_backends(args.device)
+    available = na_benchmark.make_backends(args.device)
     failures = 0
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
@@ -52,7 +51,7 @@ def main(argv=None):
             fn, has_backward = available[name]
             start = time.perf_counter()
             for key in args.shapes:
-                for layer in benchmark_op.SHAPES[key]:
+                for layer in na_benchmark.SHAPES[key]:
                     for mode in args.modes:
                         backward = mode == 'fwd+bwd'
                         if backward and not has_backward:
@@ -60,9 +59,9 @@ def main(argv=None):
                         try:
                             if hasattr(fn, 'prepare'):
                                 fn.prepare(layer, args.device)
-                            inputs = benchmark_op.make_inputs(layer, args.device, dtype,
+                            inputs = na_benchmark.make_inputs(layer, args.device, dtype,
                                                               backward)
-                            benchmark_op.run_once(fn, inputs, layer, backward, args.device)
+                            na_benchmark.run_once(fn, inputs, layer, backward, args.device)
                         except Exception as error:  # noqa: BLE001 - report, go on
                             failures += 1
                             print(f'warm: {name} {dtype_name} {layer.name} {mode}: FAILED '

@@ -8,8 +8,8 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
 ]
 
-# Registers the NAT and DiNAT backbones in mmdet's MODELS.
-custom_imports = dict(imports=['nat_mm'], allow_failed_imports=False)
+# No custom_imports here: the model files (./mask_rcnn_nat_fpn.py ...) carry
+# it, and mmengine refuses a key that two bases of one config both set.
 
 # augmentation strategy originates from DETR / Sparse R-CNN
 multi_scales = [(480, 1333), (512, 1333), (544, 1333), (576, 1333),

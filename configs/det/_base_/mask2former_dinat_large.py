@@ -11,6 +11,10 @@
 # the 11x11 model starts from the kernel-interpolated checkpoint of DiNAT.md
 # (the 7x7 one with its rpb tables resized bicubically; loading the 7x7 file
 # here does the same interpolation on the fly, see nat_mm.mm.interpolate_rpb).
+# Registers DiNAT in mmdet's and mmseg's MODELS, so a config that inherits
+# only mmdet's/mmseg's Mask2Former and this file builds.
+custom_imports = dict(imports=['nat_mm'], allow_failed_imports=False)
+
 dinat_large_m2f = dict(
     type='DiNAT',
     arch='large',

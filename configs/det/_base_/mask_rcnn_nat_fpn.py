@@ -3,6 +3,11 @@
 # `neck.in_channels`.
 _base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
 
+# Registers the NAT, DiNAT and DiNAT_s backbones in mmdet's MODELS (and
+# LegacyCheckpointHook in mmengine's HOOKS), so a config that inherits only
+# this model file builds.
+custom_imports = dict(imports=['nat_mm'], allow_failed_imports=False)
+
 model = dict(
     backbone=dict(
         _delete_=True,

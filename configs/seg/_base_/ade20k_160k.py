@@ -10,8 +10,8 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
 
-# Registers the NAT and DiNAT backbones in mmseg's MODELS.
-custom_imports = dict(imports=['nat_mm'], allow_failed_imports=False)
+# No custom_imports here: the model file (./upernet_nat.py) carries it, and
+# mmengine refuses a key that two bases of one config both set.
 
 # Data under data/ade/ADEChallengeData2016, 512x512 crops (mmseg's base); the
 # model file pads training batches to that size and tests on whole images.
@@ -52,7 +52,7 @@ param_scheduler = [
 # 1.x's own ADE20K tta_pipeline instead multiplies the image's own size by r
 # (`scale_factor=r`), which is a different test; here `scale` restores the 0.x
 # rule (mmcv 2's Resize with `scale` and keep_ratio calls the same
-# mmcv.imrescale as mmcv 1.x; tests/test_tta.py checks the sizes).
+# mmcv.imrescale as mmcv 1.x; tests/tools/test_tta.py checks the sizes).
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),

@@ -4,6 +4,11 @@
 # checkpoint and the heads' `in_channels`.
 _base_ = 'mmseg::_base_/models/upernet_swin.py'
 
+# Registers the NAT, DiNAT and DiNAT_s backbones in mmseg's MODELS (and
+# LegacyCheckpointHook in mmengine's HOOKS), so a config that inherits only
+# this model file builds.
+custom_imports = dict(imports=['nat_mm'], allow_failed_imports=False)
+
 model = dict(
     # pad training batches to the 512x512 ADE20K crops (test: whole images)
     data_preprocessor=dict(size=(512, 512)),
