@@ -10,12 +10,11 @@ import time
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import init_default_scope
 from mmengine.runner import CheckpointLoader, Runner
 
 import nat_mm  # noqa: F401
 from nat_mm.mm import UnsafeCheckpointError
+from nat_mm.mm.build import build_model
 from nat_mm.mm.legacy_checkpoint import convert_mmcv1_checkpoint, is_mmcv1_checkpoint
 from nat_mm.testing.tools import tool_cli
 
@@ -31,9 +30,7 @@ def small_segmentor():
                               num_heads=(1, 2, 4, 8), dilations=[[1]] * 4)
     cfg.model.decode_head.update(in_channels=[32, 64, 128, 256], channels=32)
     cfg.model.auxiliary_head.update(in_channels=128, channels=16)
-    init_default_scope('mmseg')
-    from mmseg.registry import MODELS
-    return cfg, revert_sync_batchnorm(MODELS.build(cfg.model))
+    return cfg, build_model(cfg)  # SyncBN as BN
 
 
 def mmcv1_checkpoint(model, config_text):
