@@ -13,7 +13,7 @@ Example:
 import torch
 
 __all__ = ['NAT_OFFICIAL', 'DINAT_S_OFFICIAL', 'nat_official_shapes', 'dinat_s_official_shapes',
-           'official_cls_state_dict']
+           'official_cls_state_dict', 'assert_backbone_loaded']
 
 # (class, arch) -> embed dims, depths, heads, MLP ratio, layer scale of the official NAT / DiNAT.
 NAT_OFFICIAL = {
@@ -103,3 +103,14 @@ def official_cls_state_dict(C=64, depths=(3, 4, 6, 5), heads=(2, 4, 8, 16), mlp=
     sd.update({'norm.weight': torch.rand(dim), 'norm.bias': torch.rand(dim),
                'head.weight': torch.randn(1000, dim), 'head.bias': torch.randn(1000)})
     return sd
+
+
+def assert_backbone_loaded(model, state_dict) -> None:
+    """Assert that ``model`` (a NAT-family backbone) holds exactly ``state_dict``'s weights,
+    and that its output norms ``norm{i}``, which a classification checkpoint lacks, kept their
+    initial ones and zeros."""
+    for key, value in model.state_dict().items():
+        if key.startswith('norm') and key[4].isdigit():  # output norms: not in the checkpoint
+            assert torch.all(value == (1. if key.endswith('weight') else 0.)), key
+        else:
+            torch.testing.assert_close(value, state_dict[key], rtol=0, atol=0, msg=key)

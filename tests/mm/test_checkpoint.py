@@ -21,7 +21,8 @@ from nat_mm.mm import checkpoint as mm_checkpoint  # noqa: E402
 from nat_mm.mm.checkpoint import infer_backbone_kwargs, infer_dinat_s_kwargs  # noqa: E402
 from nat_mm.mm.checkpoint_io import CheckpointContentError  # noqa: E402
 from nat_mm.models import convert  # noqa: E402
-from nat_mm.testing.official import NAT_OFFICIAL, official_cls_state_dict  # noqa: E402
+from nat_mm.testing.official import (NAT_OFFICIAL, assert_backbone_loaded,  # noqa: E402
+                                     official_cls_state_dict)
 from nat_mm.testing.runner import train_toy_runner  # noqa: E402
 from nat_mm.testing.tools import tool_cli  # noqa: E402
 
@@ -272,11 +273,7 @@ def test_pretrained_init_cfg_loads_official_classification_checkpoint(tmp_path):
     model = NAT(arch='mini', init_cfg=dict(type='Pretrained',
                                            checkpoint=str(tmp_path / 'nat_mini.pth')))
     model.init_weights()
-    for key, value in model.state_dict().items():
-        if key.startswith('norm') and key[4].isdigit():  # output norms: not in the checkpoint
-            assert torch.all(value == (1. if key.endswith('weight') else 0.)), key
-        else:
-            torch.testing.assert_close(value, sd[key], rtol=0, atol=0, msg=key)
+    assert_backbone_loaded(model, sd)
 
 
 def test_pretrained_init_cfg_with_prefix_and_hf(tmp_path):
